@@ -1,0 +1,106 @@
+"""One interface for every model backend: chat generation now, loss scoring for the scorer role.
+
+A backend knows nothing of stages or records: it gets requests, it returns generations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Everything that changes what a model writes; part of the cache key."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    seed: int = 0
+    logprobs: bool = False  # also return the top-1 log-probability of each generated token
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A chat conversation to continue. `prefill` starts the assistant's reply for it."""
+
+    messages: tuple[tuple[str, str], ...]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    prefill: str = ""
+
+    @classmethod
+    def of(
+        cls, messages: Sequence[Message], params: SamplingParams, prefill: str = ""
+    ) -> ChatRequest:
+        return cls(tuple((m["role"], m["content"]) for m in messages), params, prefill)
+
+    def message_dicts(self) -> list[Message]:
+        return [{"role": r, "content": c} for r, c in self.messages]
+
+    def key(self, model_id: str) -> str:
+        """The cache key: model, conversation, prefill and sampling parameters."""
+        payload = json.dumps(
+            [model_id, self.messages, self.prefill, asdict(self.params)], ensure_ascii=False
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str = "stop"  # "stop" | "length" | "error"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    token_logprobs: list[float] | None = None
+    cached: bool = False
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("cached")
+        return d
+
+
+@dataclass
+class Usage:
+    """Counts a backend accumulates so summaries can report tokens and throughput."""
+
+    requests: int = 0
+    cached: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, gen: Generation) -> None:
+        self.requests += 1
+        if gen.cached:
+            self.cached += 1
+        else:
+            self.prompt_tokens += gen.prompt_tokens
+            self.completion_tokens += gen.completion_tokens
+
+
+class Backend(ABC):
+    """A model that serves generate (and, where it can, score) calls."""
+
+    model_id: str = "unknown"
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+
+    @abstractmethod
+    def generate(self, requests: Sequence[ChatRequest]) -> list[Generation]:
+        """Answer each request, in order. Failures come back as finish_reason 'error'."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections or memory."""

@@ -1,0 +1,1 @@
+"""Scenarios: which stages run, in which order, over which records."""

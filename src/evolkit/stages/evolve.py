@@ -1,0 +1,155 @@
+"""Evol-Instruct's rewriting step: one operation per parent per round, written by the evolver.
+
+Small models follow a pattern far better than a description, so every operation is sent as a
+short task line plus worked examples replayed as earlier chat turns (prompts/evolve_*.txt).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Sequence
+from typing import ClassVar
+
+from evolkit.models.base import Backend, ChatRequest, SamplingParams
+from evolkit.prompts import few_shot, text
+from evolkit.records import Record, make_id
+from evolkit.stages.base import Stage
+
+IN_DEPTH = ("add_constraint", "deepen", "concretize", "add_reasoning", "complicate_input")
+IN_BREADTH = ("breadth",)
+OPERATIONS = IN_DEPTH + IN_BREADTH
+POLICIES = ("rotate", "random", "fixed")
+
+
+def choose_operation(
+    policy: str, operations: Sequence[str], seed_index: int, round_: int, seed: int, parent_id: str
+) -> str:
+    """Pick the operation for one parent in one round.
+
+    rotate: index (i + r) mod K, deterministic; random: seeded per parent and round;
+    fixed: the list is applied in order, round r uses operations[(r - 1) mod K].
+    """
+    k = len(operations)
+    if policy == "rotate":
+        return operations[(seed_index + round_) % k]
+    if policy == "fixed":
+        return operations[(round_ - 1) % k]
+    digest = hashlib.sha256(f"{seed}:{parent_id}:{round_}".encode()).digest()
+    return random.Random(digest).choice(list(operations))
+
+
+def build_messages(operation: str, instruction: str) -> list[dict[str, str]]:
+    shots = few_shot(f"evolve_{operation}")
+    messages = [{"role": "system", "content": text("evolve_system")}]
+    for before, after in shots.examples:
+        messages.append({"role": "user", "content": f"{shots.task}\nInstruction: {before}"})
+        messages.append({"role": "assistant", "content": after})
+    messages.append({"role": "user", "content": f"{shots.task}\nInstruction: {instruction}"})
+    return messages
+
+
+_LABEL = re.compile(
+    r"^\s*(?:#+\s*)?(?:\*\*)?\s*(?:the\s+)?(?:new|rewritten|revised|harder|final|evolved|created)?"
+    r"\s*(?:prompt|instruction|rewrite|version)\s*#?\s*(?:\*\*)?\s*[:\-]\s*",
+    re.IGNORECASE,
+)
+_QUOTES = ('"', "'", "“", "”", "`")
+
+
+def clean_evolution(raw: str) -> str:
+    """Strip echoed labels ("Rewritten Prompt:"), wrapping quotes and trailing chatter."""
+    out = raw.strip()
+    for _ in range(3):
+        stripped = _LABEL.sub("", out, count=1).strip()
+        if stripped == out:
+            break
+        out = stripped
+    if len(out) >= 2 and out[0] in _QUOTES and out[-1] in _QUOTES:
+        out = out[1:-1].strip()
+    # A blank line followed by commentary ("This version adds...") is not part of the prompt.
+    paragraphs = re.split(r"\n\s*\n", out)
+    if len(paragraphs) > 1 and re.match(
+        r"(?i)\s*(this|the above|note|explanation|i |i've|here)", paragraphs[-1]
+    ):
+        out = "\n\n".join(paragraphs[:-1]).strip()
+    return out
+
+
+class EvolveStage(Stage):
+    """Turn each parent into one evolved child for round `round_`."""
+
+    name = "evolve"
+    inputs: ClassVar[tuple[str, ...]] = ("id", "instruction", "input", "meta.seed_index")
+    outputs: ClassVar[tuple[str, ...]] = (
+        "instruction",
+        "parent_id",
+        "round",
+        "operation",
+        "evolver",
+        "meta.parent",
+        "meta.evolution",
+    )
+
+    def __init__(
+        self,
+        evolver: Backend,
+        round_: int,
+        operations: Sequence[str] = OPERATIONS,
+        policy: str = "rotate",
+        seed: int = 0,
+        params: SamplingParams | None = None,
+    ) -> None:
+        unknown = [op for op in operations if op not in OPERATIONS]
+        if unknown:
+            raise ValueError(f"unknown operation(s) {unknown}; known: {', '.join(OPERATIONS)}")
+        self.evolver = evolver
+        self.round = round_
+        self.operations = tuple(operations)
+        self.policy = policy
+        self.seed = seed
+        self.params = params or SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=256)
+
+    def process(self, batch: list[Record]) -> list[Record]:
+        ops = [
+            choose_operation(
+                self.policy,
+                self.operations,
+                int(p.meta.get("seed_index", 0)),
+                self.round,
+                self.seed,
+                p.id,
+            )
+            for p in batch
+        ]
+        params = SamplingParams(**{**self.params.__dict__, "seed": self.seed + self.round})
+        requests = [
+            ChatRequest.of(build_messages(op, p.instruction), params) for p, op in zip(batch, ops)
+        ]
+        gens = self.evolver.generate(requests)
+        children = []
+        for parent, op, gen in zip(batch, ops, gens):
+            children.append(
+                Record(
+                    id=make_id("evol", parent.id, self.round),
+                    instruction=clean_evolution(gen.text),
+                    input=parent.input,
+                    parent_id=parent.id,
+                    round=self.round,
+                    operation=op,
+                    evolver=self.evolver.model_id,
+                    meta={
+                        "seed_index": parent.meta.get("seed_index", 0),
+                        "seed_id": parent.meta.get("seed_id", parent.id),
+                        "parent": {"instruction": parent.instruction, "input": parent.input},
+                        "evolution": {
+                            "raw": gen.text,
+                            "finish_reason": gen.finish_reason,
+                            "tokens": gen.completion_tokens,
+                            "error": gen.error,
+                        },
+                    },
+                )
+            )
+        return children

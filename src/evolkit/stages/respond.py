@@ -1,0 +1,41 @@
+"""Answer each surviving instruction with the responder model (greedy by default)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from evolkit.models.base import Backend, ChatRequest, SamplingParams
+from evolkit.records import Record
+from evolkit.stages.base import Stage
+
+
+class RespondStage(Stage):
+    name = "respond"
+    inputs: ClassVar[tuple[str, ...]] = ("instruction", "input")
+    outputs: ClassVar[tuple[str, ...]] = ("output", "meta.response")
+
+    def __init__(self, responder: Backend, params: SamplingParams | None = None) -> None:
+        self.responder = responder
+        self.params = params or SamplingParams(temperature=0.0, max_new_tokens=512)
+
+    def process(self, batch: list[Record]) -> list[Record]:
+        requests = [ChatRequest.of([{"role": "user", "content": r.query}], self.params) for r in batch]
+        out = []
+        for rec, gen in zip(batch, self.responder.generate(requests)):
+            out.append(
+                rec.model_copy(
+                    update={
+                        "output": gen.text.strip(),
+                        "meta": {
+                            **rec.meta,
+                            "response": {
+                                "model": self.responder.model_id,
+                                "finish_reason": gen.finish_reason,
+                                "tokens": gen.completion_tokens,
+                                "error": gen.error,
+                            },
+                        },
+                    }
+                )
+            )
+        return out

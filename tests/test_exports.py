@@ -1,0 +1,260 @@
+"""Training exports: the JSON shapes trainers read, dataset_info.json merging, skipped rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from evolkit.errors import EvolkitError
+from evolkit.io import export_dataset, export_records, read_records
+from evolkit.records import Record, seed_record
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+SHAREGPT_TAGS = {
+    "role_tag": "from",
+    "content_tag": "value",
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+}
+
+
+def sample() -> list[Record]:
+    return [
+        seed_record("Summarise the text.", "Cats sleep a lot.", "Cats are sleepy."),
+        seed_record("Name a prime.", "", "7"),
+        seed_record("Unanswered.", "", ""),
+        seed_record("Rejected.", "", "Sorry.").reject("sorry_short", "12 words"),
+    ]
+
+
+def load(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_one(tmp_path: Path, row: dict[str, Any]) -> Record:
+    path = tmp_path / "src.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    (rec,) = read_records(path)
+    return rec
+
+
+def test_alpaca_export_shape_and_dataset_info(tmp_path: Path) -> None:
+    out = tmp_path / "data" / "evolved.json"
+    result = export_dataset(sample(), out, "alpaca")
+    assert result.paths == [out, out.parent / "dataset_info.json"]
+    assert (result.written, result.skipped_empty_output, result.skipped_rejected) == (2, 1, 1)
+    assert load(out) == [
+        {
+            "instruction": "Summarise the text.",
+            "input": "Cats sleep a lot.",
+            "output": "Cats are sleepy.",
+        },
+        {"instruction": "Name a prime.", "input": "", "output": "7"},
+    ]
+    assert load(out.parent / "dataset_info.json") == {
+        "evolved": {
+            "file_name": "evolved.json",
+            "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+        }
+    }
+
+
+def test_dataset_info_is_merged_not_overwritten(tmp_path: Path) -> None:
+    info = tmp_path / "dataset_info.json"
+    info.write_text(json.dumps({"identity": {"file_name": "identity.json"}}))
+    export_records(sample(), tmp_path / "a.json", "alpaca", dataset_name="mine")
+    export_records(sample(), tmp_path / "s.json", "sharegpt", dataset_name="mine_sharegpt")
+    export_records(sample()[:2], tmp_path / "a2.json", "alpaca", dataset_name="mine")
+    merged = load(info)
+    assert list(merged) == ["identity", "mine", "mine_sharegpt"]
+    assert merged["identity"] == {"file_name": "identity.json"}
+    assert merged["mine"]["file_name"] == "a2.json"  # same name: the entry is replaced
+    info.write_text("{not json")
+    with pytest.raises(EvolkitError, match="not valid JSON"):
+        export_records(sample(), tmp_path / "a.json", "alpaca")
+    assert info.read_text() == "{not json"  # a broken file is reported, never clobbered
+
+
+def test_sharegpt_export_joins_input_and_registers_tags(tmp_path: Path) -> None:
+    out = tmp_path / "sg.json"
+    assert export_records(sample(), out, "sharegpt", "sg") == [out, tmp_path / "dataset_info.json"]
+    rows = load(out)
+    assert rows[0] == {
+        "conversations": [
+            {"from": "human", "value": "Summarise the text.\nCats sleep a lot."},
+            {"from": "gpt", "value": "Cats are sleepy."},
+        ]
+    }
+    assert len(rows) == 2
+    assert load(tmp_path / "dataset_info.json")["sg"] == {
+        "file_name": "sg.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations"},
+        "tags": SHAREGPT_TAGS,
+    }
+
+
+def test_messages_export_for_trl(tmp_path: Path) -> None:
+    recs = sample()
+    recs[1] = recs[1].model_copy(update={"meta": {"system": "Answer with one number."}})
+    out = tmp_path / "train.jsonl"
+    assert export_records(recs, out, "messages") == [out]
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert lines == [
+        {
+            "messages": [
+                {"role": "user", "content": "Summarise the text.\nCats sleep a lot."},
+                {"role": "assistant", "content": "Cats are sleepy."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "system", "content": "Answer with one number."},
+                {"role": "user", "content": "Name a prime."},
+                {"role": "assistant", "content": "7"},
+            ]
+        },
+    ]
+    assert not (tmp_path / "dataset_info.json").exists()
+
+
+def test_system_column_appears_on_every_row_when_any_has_one(tmp_path: Path) -> None:
+    recs = sample()[:2]
+    recs[0] = recs[0].model_copy(update={"meta": {"system": "Be kind."}})
+    export_records(recs, tmp_path / "a.json", "alpaca")
+    export_records(recs, tmp_path / "s.json", "sharegpt")
+    assert [r["system"] for r in load(tmp_path / "a.json")] == ["Be kind.", ""]
+    assert [r["system"] for r in load(tmp_path / "s.json")] == ["Be kind.", ""]
+    info = load(tmp_path / "dataset_info.json")
+    assert info["a"]["columns"]["system"] == "system"
+    assert info["s"]["columns"] == {"messages": "conversations", "system": "system"}
+
+
+def test_multi_turn_source_is_restored_in_every_format(tmp_path: Path) -> None:
+    rec = read_one(
+        tmp_path,
+        {
+            "conversations": [
+                {"from": "system", "value": "Be brief."},
+                {"from": "human", "value": "2+2?"},
+                {"from": "gpt", "value": "4"},
+                {"from": "human", "value": "3+3?"},
+                {"from": "gpt", "value": "6"},
+                {"from": "human", "value": "unanswered follow-up"},
+            ]
+        },
+    )
+    export_records([rec], tmp_path / "s.json", "sharegpt")
+    assert load(tmp_path / "s.json") == [
+        {
+            "conversations": [
+                {"from": "human", "value": "2+2?"},
+                {"from": "gpt", "value": "4"},
+                {"from": "human", "value": "3+3?"},
+                {"from": "gpt", "value": "6"},
+            ],
+            "system": "Be brief.",
+        }
+    ]
+    export_records([rec], tmp_path / "m.jsonl", "messages")
+    roles = [m["role"] for m in json.loads((tmp_path / "m.jsonl").read_text())["messages"]]
+    assert roles == ["system", "user", "assistant", "user", "assistant"]
+    export_records([rec], tmp_path / "a.json", "alpaca")
+    assert load(tmp_path / "a.json") == [
+        {
+            "instruction": "3+3?",
+            "input": "",
+            "output": "6",
+            "system": "Be brief.",
+            "history": [["2+2?", "4"]],
+        }
+    ]
+    assert load(tmp_path / "dataset_info.json")["a"]["columns"]["history"] == "history"
+
+
+def test_turns_are_not_restored_once_the_exchange_changed(tmp_path: Path) -> None:
+    rec = read_one(
+        tmp_path,
+        {
+            "messages": [
+                {"role": "system", "content": "S"},
+                {"role": "user", "content": "Q1"},
+                {"role": "assistant", "content": "A1"},
+                {"role": "user", "content": "Q2"},
+                {"role": "assistant", "content": "A2"},
+            ]
+        },
+    )
+    evolved = rec.model_copy(update={"instruction": "Q1, harder", "output": "A1'", "round": 1})
+    export_records([evolved], tmp_path / "m.jsonl", "messages")
+    assert json.loads((tmp_path / "m.jsonl").read_text())["messages"] == [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "Q1, harder"},
+        {"role": "assistant", "content": "A1'"},
+    ]
+
+
+def test_alpaca_history_round_trips(tmp_path: Path) -> None:
+    row = {
+        "instruction": "And in French?",
+        "input": "",
+        "output": "Bonjour",
+        "history": [["Say hello.", "Hello"]],
+    }
+    rec = read_one(tmp_path, row)
+    export_records([rec, seed_record("Single.", "", "turn")], tmp_path / "a.json", "alpaca")
+    assert load(tmp_path / "a.json") == [row, {**seed_row("Single.", "turn"), "history": []}]
+
+
+def seed_row(instruction: str, output: str) -> dict[str, Any]:
+    return {"instruction": instruction, "input": "", "output": output}
+
+
+def test_unknown_format_and_empty_export(tmp_path: Path) -> None:
+    with pytest.raises(EvolkitError, match="unknown export format 'csv'"):
+        export_records(sample(), tmp_path / "x.csv", "csv")  # type: ignore[arg-type]
+    result = export_dataset([seed_record("No answer.")], tmp_path / "e.json", "alpaca")
+    assert (result.written, result.skipped_empty_output) == (0, 1)
+    assert load(tmp_path / "e.json") == []
+
+
+def test_real_seed_tasks_export(tmp_path: Path) -> None:
+    path = SHARED_DATA / "self_instruct_seed" / "seed_tasks.jsonl"
+    if not path.exists():
+        pytest.skip("shared data not present")
+    result = export_dataset(read_records(path), tmp_path / "seed.json", "alpaca", "seed")
+    rows = load(tmp_path / "seed.json")
+    assert result.written == len(rows) == 175 - result.skipped_empty_output
+    assert all(set(r) == {"instruction", "input", "output"} and r["output"] for r in rows)
+
+
+def test_exports_load_with_datasets_json_loader(tmp_path: Path) -> None:
+    """Trainers load these files with ``datasets.load_dataset("json")``: every row must fit."""
+    datasets = pytest.importorskip("datasets")
+    multi = read_one(
+        tmp_path,
+        {
+            "conversations": [
+                {"from": "system", "value": "Sys"},
+                {"from": "human", "value": "Q1"},
+                {"from": "gpt", "value": "A1"},
+                {"from": "human", "value": "Q2"},
+                {"from": "gpt", "value": "A2"},
+            ]
+        },
+    )
+    recs = [*sample(), multi]
+    for fmt, name in (("alpaca", "a.json"), ("sharegpt", "s.json"), ("messages", "m.jsonl")):
+        export_records(recs, tmp_path / name, fmt)  # type: ignore[arg-type]
+        ds = datasets.load_dataset(
+            "json",
+            data_files=str(tmp_path / name),
+            split="train",
+            cache_dir=str(tmp_path / "hf-cache"),
+        )
+        assert ds.num_rows == 3, fmt
+    assert ds[2]["messages"][0] == {"role": "system", "content": "Sys"}
