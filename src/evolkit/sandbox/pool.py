@@ -8,6 +8,7 @@ A worker that dies is restarted; the run goes on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -59,16 +60,15 @@ class _WorkerDied(Exception):
 class _Worker:
     """One zygote process and the host-side state needed to talk to it."""
 
-    def __init__(self, plan: IsolationPlan, limits: SandboxLimits, guards: bool) -> None:
+    def __init__(
+        self, plan: IsolationPlan, limits: SandboxLimits, guards: bool, preload: bool = True
+    ) -> None:
         self.plan = plan
         self.call_uid = new_call_uid() if is_root() else None
         self.host_dir = tempfile.mkdtemp(prefix=f"evolkit-sandbox-{plan.mode}-")
         if self.call_uid is not None:
             os.chmod(self.host_dir, 0o711)  # the call uid must traverse to its own call dir
-        if plan.mode == "rlimits":
-            work_dir = self.host_dir
-        else:
-            work_dir = "/tmp"
+        work_dir = self.host_dir if plan.mode == "rlimits" else "/tmp"
         cfg: dict[str, Any] = {
             "limits": limits.to_dict(),
             "guards": guards,
@@ -83,10 +83,11 @@ class _Worker:
             "binds": plan.binds,
             "symlinks": plan.symlinks,
             "tmp_mb": limits.tmp_mb,
+            "preload": preload,
         }
         exe = interpreter_paths().executable
         argv = [*plan.argv_prefix, exe, "-I", "-S", "-B", "-c", WORKER_SOURCE, json.dumps(cfg)]
-        self.stderr = tempfile.TemporaryFile()
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker
         self.buffer = bytearray()
         self.job: int | None = None
         self.deadline = 0.0
@@ -175,14 +176,10 @@ class _Worker:
     def kill(self) -> None:
         """Kill the worker and everything under it; leave no process and no directory."""
         for target in (lambda: os.killpg(self.proc.pid, 9), self.proc.kill):
-            try:
+            with contextlib.suppress(OSError):
                 target()
-            except OSError:
-                pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
         self._finish()
 
     def close(self) -> None:
@@ -249,7 +246,7 @@ def probe_mode(mode: str, limits: SandboxLimits | None = None) -> str | None:
             reason = f"{mode} is not installed"
         else:
             try:
-                worker = _Worker(plan, limits or SandboxLimits(), guards=True)
+                worker = _Worker(plan, limits or SandboxLimits(), guards=True, preload=False)
             except SandboxError as exc:
                 reason = str(exc)
             else:
@@ -278,11 +275,16 @@ class Sandbox:
         workers: int = 2,
         isolation: str = "auto",
         guards: bool = True,
+        preload: bool = True,
     ) -> None:
+        """``guards=False`` drops the Python audit guard (tests use it to show the OS layer
+        holds alone); ``preload=False`` skips importing common stdlib modules and warming up
+        the worker, which only pays off when a sandbox serves a single call."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.limits = limits or SandboxLimits()
         self.guards = guards
+        self.preload = preload
         self._lock = threading.RLock()
         self._closed = False
         self._workers: list[_Worker] = []
@@ -290,7 +292,7 @@ class Sandbox:
         self._workers.append(first)
         try:
             for _ in range(workers - 1):
-                self._workers.append(_Worker(self.plan, self.limits, guards))
+                self._workers.append(_Worker(self.plan, self.limits, guards, preload))
         except BaseException:
             self.close()
             raise
@@ -316,7 +318,7 @@ class Sandbox:
                 self._fallback_reasons.append(f"{mode} not installed")
                 continue
             try:
-                return _Worker(plan, self.limits, self.guards), plan
+                return _Worker(plan, self.limits, self.guards, self.preload), plan
             except SandboxError as exc:
                 self._fallback_reasons.append(str(exc))
         raise SandboxError(
@@ -402,14 +404,14 @@ class Sandbox:
             readable, _, _ = select.select([w.out_fd for w in busy], [], [], timeout)
             now = time.monotonic()
             for slot, worker in enumerate(self._workers):
-                index = worker.job
-                if index is None:
+                job = worker.job
+                if job is None:
                     continue
                 if worker.out_fd in readable:
                     try:
                         reply = worker.pump()
                     except _WorkerDied as exc:
-                        results[index] = CallResult(
+                        results[job] = CallResult(
                             "error",
                             detail=f"the sandbox worker died during the call and was restarted"
                             f" ({str(exc)[:200]})",
@@ -417,10 +419,10 @@ class Sandbox:
                         self._restart(slot)
                         continue
                     if reply is not None:
-                        results[index] = _to_result(reply)
+                        results[job] = _to_result(reply)
                         worker.job = None
                 elif now >= worker.deadline:
-                    results[index] = CallResult(
+                    results[job] = CallResult(
                         "timeout",
                         detail="the sandbox worker stopped answering; it was restarted",
                         seconds=budget,
@@ -432,7 +434,7 @@ class Sandbox:
         old = self._workers[slot]
         old.kill()
         log.info("restarting sandbox worker %d (pid %d)", slot, old.proc.pid)
-        fresh = _Worker(self.plan, self.limits, self.guards)
+        fresh = _Worker(self.plan, self.limits, self.guards, self.preload)
         self._workers[slot] = fresh
         return fresh
 
@@ -454,7 +456,5 @@ def _to_result(reply: dict[str, Any]) -> CallResult:
 def _kill_all(workers: list[_Worker]) -> None:
     """Finalizer for a Sandbox dropped without close(): no worker outlives its owner."""
     for worker in workers:
-        try:
+        with contextlib.suppress(Exception):
             worker.kill()
-        except Exception:
-            pass

@@ -17,6 +17,7 @@ request in, one reply out, strictly in turn. The first message the zygote writes
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
 import resource
@@ -25,6 +26,7 @@ import shutil
 import signal
 import struct
 import sys
+import tempfile
 import time
 import types
 from typing import Any
@@ -64,6 +66,7 @@ PRELOAD = (
     "tempfile",
 )
 
+ENCODE_STRING = json.encoder.encode_basestring_ascii  # the C function: patching json can't reach it
 RESULT_CAP = 256 * 1024  # bytes of the child's result message we read; more is hostile noise
 DETAIL_CAP = 1000  # characters of an exception message kept in `detail`
 
@@ -84,6 +87,7 @@ PR_SET_PDEATHSIG = 1
 PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
 PIVOT_ROOT_NR = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 
 # Audit events refused outright by the guard (second layer; the OS layer is the real boundary).
@@ -122,7 +126,14 @@ BLOCKED_EVENTS = frozenset(
 )
 BLOCKED_PREFIXES = ("socket.", "ctypes.", "syslog.", "_winapi.", "winreg.")
 BLOCKED_MODULES = frozenset(
-    {"ctypes", "_ctypes", "_posixsubprocess", "_xxsubinterpreters", "_testcapi", "_testinternalcapi"}
+    {
+        "ctypes",
+        "_ctypes",
+        "_posixsubprocess",
+        "_xxsubinterpreters",
+        "_testcapi",
+        "_testinternalcapi",
+    }
 )
 # Events whose first argument is a path the call may only change inside its own directory.
 WRITE_PATH_EVENTS = frozenset(
@@ -232,9 +243,13 @@ class Libc:
             err = self.ctypes.get_errno()
             raise OSError(err, f"{what}: {os.strerror(err)}")
 
-    def mount(self, src: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
-        enc = (lambda s: s.encode() if s is not None else None)  # noqa: E731
-        rc = self.lib.mount(enc(src), enc(target), enc(fstype), self.ctypes.c_ulong(flags), enc(data))
+    def mount(
+        self, src: str | None, target: str, fstype: str | None, flags: int, data: str | None
+    ) -> None:
+        enc = lambda s: s.encode() if s is not None else None  # noqa: E731
+        rc = self.lib.mount(
+            enc(src), enc(target), enc(fstype), self.ctypes.c_ulong(flags), enc(data)
+        )
         self._check(rc, f"mount {src} -> {target}")
 
     def umount2(self, target: str, flags: int) -> None:
@@ -251,22 +266,14 @@ class Libc:
         self._check(self._prctl(option, arg, 0, 0, 0), f"prctl({option})")
 
     def drop_all_caps(self) -> None:
-        """Clear effective, permitted and inheritable capabilities (capset v3)."""
+        """Clear effective, permitted and inheritable capabilities (capset, version 3).
+
+        Header: {version, pid=0 (self)}; data: two {effective, permitted, inheritable} sets.
+        """
         ctypes = self.ctypes
-
-        class Header(ctypes.Structure):
-            _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-        class Data(ctypes.Structure):
-            _fields_ = [
-                ("effective", ctypes.c_uint32),
-                ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32),
-            ]
-
-        header = Header(0x20080522, 0)
-        data = (Data * 2)()
-        self._check(self._capset(ctypes.byref(header), data), "capset")
+        header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+        data = (ctypes.c_uint32 * 6)()
+        self._check(self._capset(header, data), "capset")
 
 
 def load_libc() -> Libc | None:
@@ -316,7 +323,9 @@ def build_root(cfg: dict[str, Any], libc: Libc) -> None:
     for link_target, path in cfg["symlinks"]:
         os.symlink(link_target, root + path)
     os.makedirs(root + "/tmp", exist_ok=True)
-    libc.mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['tmp_mb']}m,mode=1777")
+    libc.mount(
+        "tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['tmp_mb']}m,mode=1777"
+    )
     libc.mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
     os.chdir(root)
     if libc.pivot_root(".", "."):
@@ -351,6 +360,10 @@ def install_guard(calldir: str, read_roots: list[str], violations: list[str]) ->
 
     def deny(what: str) -> None:
         msg = f"sandbox refused {what}"
+        if not violations:
+            # Tell the zygote at once: a call that then loops or dies still ends "forbidden".
+            with contextlib.suppress(OSError):
+                os.write(3, json.dumps({"violation": msg[:DETAIL_CAP]}).encode() + b"\n")
         if len(violations) < 5:
             violations.append(msg)
         raise SandboxViolation(msg)
@@ -399,11 +412,12 @@ def install_guard(calldir: str, read_roots: list[str], violations: list[str]) ->
 
 def run_user_code(msg: dict[str, Any], violations: list[str]) -> dict[str, Any]:
     """Compile, exec and call the verifier. Runs in the child, after all limits are in place."""
-    _type, _str, _len, _callable = type, str, len, callable
+    _type, _str, _callable = type, str, callable
 
     def describe(exc: BaseException) -> str:
         try:
-            text = f"{_type(exc).__name__}: {_str(exc)}"
+            message = exc.msg if isinstance(exc, SyntaxError) else _str(exc)
+            text = f"{_type(exc).__name__}: {message}"
         except BaseException:
             text = f"{_type(exc).__name__}: <unprintable>"
         line = None
@@ -419,6 +433,9 @@ def run_user_code(msg: dict[str, Any], violations: list[str]) -> dict[str, Any]:
         return text[:DETAIL_CAP]
 
     func = msg.get("func") or "evaluate"
+    saved_builtins = dict(builtins.__dict__)
+    failure: BaseException | None = None
+    value: Any = None
     try:
         code = compile(msg["source"], "<verifier>", "exec")
         namespace: dict[str, Any] = {"__name__": "__verifier__", "__builtins__": builtins}
@@ -432,16 +449,19 @@ def run_user_code(msg: dict[str, Any], violations: list[str]) -> dict[str, Any]:
     except MemoryError:
         return {"verdict": "memory", "detail": "MemoryError: memory limit reached"}
     except BaseException as exc:  # SystemExit, KeyboardInterrupt: all end the call as errors
-        if violations:
-            return {"verdict": "forbidden", "detail": violations[0]}
-        if isinstance(exc, RecursionError):
-            return {"verdict": "error", "detail": describe(exc)}
-        return {"verdict": "error", "detail": describe(exc)}
+        failure = exc
+    finally:
+        # The function may have rewired builtins (len, isinstance, ...); what runs after it in
+        # this child - describing its result - must not be fooled by that.
+        builtins.__dict__.clear()
+        builtins.__dict__.update(saved_builtins)
     if violations:
         return {"verdict": "forbidden", "detail": violations[0]}
+    if failure is not None:
+        return {"verdict": "error", "detail": describe(failure)}
     if _type(value) is not bool:
         try:
-            shown = repr(value)[:200]
+            shown = _str(repr(value))[:200]
         except BaseException:
             shown = "<unprintable>"
         return {
@@ -512,8 +532,6 @@ def child_main(
 
         os.environ.clear()
         os.environ.update({"HOME": calldir, "TMPDIR": calldir, "LC_ALL": "C.UTF-8"})
-        import tempfile
-
         tempfile.tempdir = calldir
         sys.argv[:] = ["verifier"]
         for name in list(sys.modules):
@@ -521,18 +539,27 @@ def child_main(
                 del sys.modules[name]
         sys.modules["__main__"] = types.ModuleType("__main__")
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(Exception):
                 stream.reconfigure(encoding="utf-8", errors="backslashreplace")  # type: ignore[union-attr]
-            except Exception:
-                pass
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
         read_roots = list(cfg["read_roots"])
         if path_fds:
             # The interpreter's tree may sit where the call uid cannot go (~/.pyenv under a
             # 0700 /root): import through directory descriptors the zygote opened as root.
-            by_path = dict(path_fds)
-            sys.path[:] = [f"/proc/self/fd/{by_path[p]}" if p in by_path else p for p in sys.path]
+            ordered = sorted(path_fds, key=lambda item: -len(item[0]))
+
+            def via_fd(path: str) -> str:
+                for root, fd in ordered:
+                    if path == root or path.startswith(root + "/"):
+                        return f"/proc/self/fd/{fd}" + path[len(root) :]
+                return path
+
+            sys.path[:] = [via_fd(p) for p in sys.path]
+            for module in list(sys.modules.values()):
+                search = getattr(module, "__path__", None)
+                if isinstance(search, list):  # packages already imported (importlib, email...)
+                    search[:] = [via_fd(p) if isinstance(p, str) else p for p in search]
             sys.path_importer_cache.clear()
             read_roots += [f"/proc/self/fd/{fd}" for _, fd in path_fds]
         violations: list[str] = []
@@ -544,7 +571,7 @@ def child_main(
             sys.stderr.flush()
         except BaseException:
             pass
-        write_all(3, json.dumps(result).encode("utf-8"))
+        write_all(3, encode_result(result) + b"\n")
         code = 0
     except MemoryError:
         try:
@@ -553,12 +580,30 @@ def child_main(
         except BaseException:
             pass
     except BaseException as exc:
-        try:
+        with contextlib.suppress(BaseException):
             write_all(2, f"sandbox child setup failed: {type(exc).__name__}: {exc}\n".encode())
-        except BaseException:
-            pass
     finally:
         os._exit(code)
+
+
+def encode_result(result: dict[str, Any]) -> bytes:
+    """JSON for a flat dict of str/bool/None, without the json module's Python code.
+
+    The call may have patched json (or anything else importable); this uses only the C string
+    encoder captured when the zygote started.
+    """
+    parts = []
+    for key, value in result.items():
+        if value is True:
+            text = "true"
+        elif value is False:
+            text = "false"
+        elif value is None:
+            text = "null"
+        else:
+            text = ENCODE_STRING(str(value))
+        parts.append(ENCODE_STRING(key) + ": " + text)
+    return ("{" + ", ".join(parts) + "}").encode("ascii")
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -661,21 +706,21 @@ class Zygote:
                         out_total += len(chunk)
                         if len(output) < out_cap:
                             output += chunk[: out_cap - len(output)]
-                if pidfd is None or pidfd in ready:
-                    got, st, ru = os.wait4(pid, os.WNOHANG)
-                    if got == pid:
-                        status, rusage = st, ru
-                        break
+                if (pidfd is None or pidfd in ready) and os.waitid(
+                    os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT
+                ):
+                    # Exited but not yet reaped: its PID (and so its process group id) cannot
+                    # be reused yet, so killing the group cannot hit a stranger.
+                    with contextlib.suppress(OSError):
+                        os.killpg(pid, signal.SIGKILL)
+                    _, status, rusage = os.wait4(pid, 0)
+                    break
         finally:
             if status is None:
-                try:
+                with contextlib.suppress(OSError):
                     os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-                try:
+                with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
                 _, status, rusage = os.wait4(pid, 0)
             if pidfd is not None:
                 os.close(pidfd)
@@ -702,30 +747,48 @@ class Zygote:
         if out_total > len(output):
             text += f"\n[output truncated: {out_total} bytes written]"
         reply = self._verdict(status, rusage, timed_out, bytes(result))
+        if "sandbox child setup failed" in text:
+            reply = {"verdict": "error", "detail": text.strip().splitlines()[-1][:DETAIL_CAP]}
         reply["seconds"] = round(seconds, 6)
         reply["output"] = text
         return reply
 
     def _verdict(self, status: int, rusage: Any, timed_out: bool, result: bytes) -> dict[str, Any]:
+        """One verdict from what we saw. The result pipe carries JSON lines: violation notices
+        from the guard, then the call's own result. A refused action outranks everything: a
+        function that tried to escape is reported as such even if it then hung or crashed."""
+        records: list[Any] = []
+        for line in result.split(b"\n"):
+            if line.strip():
+                try:
+                    records.append(json.loads(line.decode("utf-8")))
+                except ValueError:
+                    records.append(None)
+        for record in records:
+            if isinstance(record, dict) and "violation" in record:
+                return {"verdict": "forbidden", "detail": str(record["violation"])[:DETAIL_CAP]}
         cpu_limit = float(self.limits["cpu_seconds"])
         if timed_out:
-            return {"verdict": "timeout", "detail": f"wall-clock limit of {self.limits['wall_seconds']}s reached"}
+            return {
+                "verdict": "timeout",
+                "detail": f"wall-clock limit of {self.limits['wall_seconds']}s reached",
+            }
         cpu_used = (rusage.ru_utime + rusage.ru_stime) if rusage is not None else 0.0
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_used >= cpu_limit):
-                return {"verdict": "timeout", "detail": f"CPU limit of {self.limits['cpu_seconds']}s reached"}
+                return {
+                    "verdict": "timeout",
+                    "detail": f"CPU limit of {self.limits['cpu_seconds']}s reached",
+                }
             try:
                 name = signal.Signals(sig).name
             except ValueError:
                 name = str(sig)
             return {"verdict": "error", "detail": f"the call was killed by {name}"}
         code = os.WEXITSTATUS(status)
-        if code == 0 and result:
-            try:
-                parsed = json.loads(result.decode("utf-8"))
-            except ValueError:
-                parsed = None
+        if code == 0 and records:
+            parsed = records[-1] if len(records) == 1 else None
             if isinstance(parsed, dict) and parsed.get("verdict") in (
                 "pass",
                 "fail",
@@ -744,35 +807,70 @@ class Zygote:
         return {"verdict": "error", "detail": f"the call exited with code {code} before returning"}
 
     def _reap_leftovers(self, pid: int) -> None:
-        """Kill every process the call left behind (grandchildren, fork bombs, daemons)."""
+        """Kill and reap every process the call left behind (grandchildren, fork bombs).
+
+        The zygote is a child subreaper, so every orphan of a call is re-parented to it: once
+        waitpid says there are no children left, nothing of the call survives - an exact
+        check, not a guess.
+        """
+        if reap_children():
+            return  # the common case: no descendant outlived the call, nothing to kill
+        give_up = time.monotonic() + 10.0
+        while True:
+            if self.cfg.get("in_pidns"):
+                # Alone in our PID namespace with the call: kill(-1) reaches everything but
+                # us and the namespace's init.
+                kill_all()
+            elif self.cfg.get("call_uid") is not None:
+                # No PID namespace but a spare uid: a reaper with that uid kills all of them.
+                reaper = os.fork()
+                if reaper == 0:
+                    try:
+                        uid = self.cfg["call_uid"]
+                        os.setgroups([])
+                        os.setgid(uid)
+                        os.setuid(uid)
+                        kill_all()
+                    finally:
+                        os._exit(0)
+                os.waitpid(reaper, 0)
+            else:
+                kill_children()
+            if reap_children() or time.monotonic() > give_up:
+                return
+            time.sleep(0.001)
+
+
+def reap_children() -> bool:
+    """Collect exited children; True when none is left at all."""
+    while True:
         try:
-            os.killpg(pid, signal.SIGKILL)
+            got, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if got == 0:
+            return False
+
+
+def kill_children() -> None:
+    """SIGKILL our direct children (orphans land here: we are a subreaper). Needs /proc."""
+    me = str(os.getpid())
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read().decode("ascii", "replace")
         except OSError:
-            pass
-        if self.cfg.get("in_pidns"):
-            # Alone in our PID namespace with the call: kill(-1) reaches everything but us
-            # and the namespace's init.
-            kill_all()
-        elif self.cfg.get("call_uid") is not None:
-            # No PID namespace but a spare uid: a reaper running as that uid kills all of them.
-            reaper = os.fork()
-            if reaper == 0:
-                try:
-                    uid = self.cfg["call_uid"]
-                    os.setgroups([])
-                    os.setgid(uid)
-                    os.setuid(uid)
-                    kill_all()
-                finally:
-                    os._exit(0)
-            os.waitpid(reaper, 0)
-        while True:  # collect zombies reparented to us (we are PID 1 under `unshare -p -f`)
-            try:
-                got, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if got == 0:
-                break
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 1 and fields[1] == me:
+            with contextlib.suppress(OSError):
+                os.kill(int(entry), signal.SIGKILL)
 
 
 def open_path_fds() -> list[tuple[str, int]]:
@@ -799,17 +897,8 @@ def kill_all() -> None:
     refused, so we cannot loop "until none is left".)
     """
     for _ in range(3):
-        try:
+        with contextlib.suppress(OSError):
             os.kill(-1, signal.SIGKILL)
-        except OSError:
-            pass
-        while True:
-            try:
-                got, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if got == 0:
-                break
 
 
 WARM_UP_SOURCE = """
@@ -856,12 +945,13 @@ def main() -> None:
                 raise RuntimeError("ctypes/libc unavailable: cannot build the sandbox root")
             build_root(cfg, libc)
         os.makedirs(cfg["work_dir"], exist_ok=True)
-        for name in PRELOAD:
-            try:
-                __import__(name)
-            except Exception:
-                pass
-        warm_up()
+        if libc is not None:
+            libc.prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of calls come to us to be reaped
+        if cfg.get("preload", True):
+            for name in PRELOAD:
+                with contextlib.suppress(Exception):
+                    __import__(name)
+            warm_up()
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         uid = cfg.get("call_uid")
         if uid is not None and os.getuid() != 0:
@@ -883,7 +973,10 @@ def main() -> None:
         try:
             reply = zygote.call(msg)
         except Exception as exc:  # a zygote bug must not kill the pool: report and carry on
-            reply = {"verdict": "error", "detail": f"sandbox zygote error: {type(exc).__name__}: {exc}"}
+            reply = {
+                "verdict": "error",
+                "detail": f"sandbox zygote error: {type(exc).__name__}: {exc}",
+            }
         reply["id"] = msg.get("id")
         write_msg(proto_out, reply)
 
