@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--skip-naive", action="store_true", help="only (b) and (c)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
 
     import torch
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     from evolkit.models.embedded import EMBEDDED_ALIASES, embedded_model_dir
     from evolkit.models.scoring import LossScorer, ScoreItem, score_naive
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     path = str(embedded_model_dir()) if args.model in EMBEDDED_ALIASES else args.model
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()

@@ -71,9 +71,13 @@ class CachedBackend(Backend):
             fresh = self.inner.generate([requests[i] for _, i in todo])
             # Errors are not cached: a transient server failure must be retried next run.
             self.cache.put_many(
-                [(k, g) for (k, _), g in zip(todo, fresh) if g.finish_reason != "error"]
+                [
+                    (k, g)
+                    for (k, _), g in zip(todo, fresh, strict=True)
+                    if g.finish_reason != "error"
+                ]
             )
-            hits.update({k: g for (k, _), g in zip(todo, fresh)})
+            hits.update({k: g for (k, _), g in zip(todo, fresh, strict=True)})
         out = [hits[k] for k in keys]
         for g in out:
             if g.cached:

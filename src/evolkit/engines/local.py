@@ -65,11 +65,15 @@ class LocalEngine:
         t0 = time.perf_counter()
         with make_progress() as bar:
             task = bar.add_task(
-                step, total=len(inputs), completed=len(inputs) - len(todo), rate="", visible=self.progress
+                step,
+                total=len(inputs),
+                completed=len(inputs) - len(todo),
+                rate="",
+                visible=self.progress,
             )
             for start in range(0, len(todo), self.batch_size):
                 batch = todo[start : start + self.batch_size]
-                rows, rejected = list(batch), []
+                rows, rejected = list(batch), list[Record]()
                 for stage in stages:
                     out = stage.process(rows)
                     rows = [r for r in out if not r.rejected]

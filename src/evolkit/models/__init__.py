@@ -45,6 +45,12 @@ class BackendFactory:
             self._backends[spec] = self._build(spec)
         return self._backends[spec]
 
+    def adopt(self, backend: Backend) -> Backend:
+        """Use a ready backend object (a notebook's own, or a test double) behind the cache."""
+        wrapped = CachedBackend(backend, self.cache) if self.cache is not None else backend
+        self._backends[ModelSpec(model=f"object:{id(backend)}")] = wrapped
+        return wrapped
+
     def _build(self, spec: ModelSpec) -> Backend:
         inner: Backend
         if spec.backend == "local":
@@ -55,13 +61,15 @@ class BackendFactory:
             from evolkit.models.openai import OpenAIBackend
 
             if not spec.base_url:
-                raise EvolkitError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+                raise EvolkitError(
+                    "--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)"
+                )
             inner = OpenAIBackend(
                 spec.model, spec.base_url, api_key=spec.api_key, concurrency=max(spec.batch_size, 8)
             )
         else:
             raise EvolkitError(f"unknown backend {spec.backend!r}; use 'local' or 'openai'")
-        return CachedBackend(inner, self.cache) if self.cache else inner
+        return CachedBackend(inner, self.cache) if self.cache is not None else inner
 
     def usage(self) -> dict[str, dict[str, float]]:
         """Token counts per model: fresh calls and cache hits."""
@@ -80,5 +88,5 @@ class BackendFactory:
     def close(self) -> None:
         for b in self._backends.values():
             b.close()
-        if self.cache:
+        if self.cache is not None:
             self.cache.close()

@@ -23,6 +23,9 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 512
     seed: int = 0
+    # 1.0 = off. Tiny models loop ("a gentle rain, a gentle rain, ..."); a mild penalty on the
+    # responder keeps their answers from running into the token limit.
+    repetition_penalty: float = 1.0
     logprobs: bool = False  # also return the top-1 log-probability of each generated token
 
     @property

@@ -51,14 +51,14 @@ class LocalBackend(Backend):
         else:
             torch_dtype = getattr(torch, dtype)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+            self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
+            self.model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
         except OSError as exc:
             raise BackendError(
                 f"cannot load model '{model}': {str(exc).splitlines()[0]} "
                 "(give a local model folder, or 'embedded')"
             ) from exc
-        self.model.to(self.device)
+        self.model = self.model.to(self.device)  # type: ignore[arg-type]
         self.model.eval()
         tok = self.tokenizer
         tok.padding_side = "left"
@@ -91,7 +91,9 @@ class LocalBackend(Backend):
             idxs.sort(key=lambda i: len(encoded[i]))
             for start in range(0, len(idxs), self.batch_size):
                 chunk = idxs[start : start + self.batch_size]
-                for i, gen in zip(chunk, self._generate_batch([encoded[i] for i in chunk], params)):
+                for i, gen in zip(
+                    chunk, self._generate_batch([encoded[i] for i in chunk], params), strict=True
+                ):
                     results[i] = gen
         out = [g if g is not None else Generation(text="", finish_reason="error") for g in results]
         for g in out:
@@ -112,6 +114,8 @@ class LocalBackend(Backend):
             "return_dict_in_generate": True,
             "output_scores": params.logprobs,
         }
+        if params.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = params.repetition_penalty
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -141,7 +145,7 @@ class LocalBackend(Backend):
                     float(torch.log_softmax(out.scores[j][row].float(), -1).max())
                     for j in range(min(n + (1 if finish == "stop" else 0), len(out.scores)))
                 ]
-            text = tok.decode(ids[:n], skip_special_tokens=True)
+            text = str(tok.decode(ids[:n], skip_special_tokens=True))
             gens.append(
                 Generation(
                     text=text,

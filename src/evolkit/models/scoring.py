@@ -293,16 +293,15 @@ class LayoutBuilder:
             cond = [(ch.head, "fixed"), (tuple(q1), "q"), (ch.tail, "sep"), (tuple(ans), "a")]
             cond.append((ch.end_of_turn, "sep"))
             uncond = [(ch.head + ch.tail, "fixed"), (tuple(ans), "a"), (ch.end_of_turn, "sep")]
-        cids, cspans, cfixed = self._assemble(cond)
-        uids, uspans, ufixed = self._assemble(uncond)
-        truncated = len(cids) > self.max_length or len(uids) > self.max_length
+        cids, cspans, cfixed, cut_c = self._assemble(cond)
+        uids, uspans, ufixed, cut_u = self._assemble(uncond)
         return Layout(
             cond=cids,
             q_spans=tuple(cspans["q"]),
             a_span_cond=cspans["a"][0],
             uncond=uids,
             a_span_uncond=uspans["a"][0],
-            truncated=truncated,
+            truncated=cut_c or cut_u,
             cond_fixed=cfixed,
             uncond_fixed=ufixed,
             q_ids=len(q1) + len(q2),
@@ -312,7 +311,8 @@ class LayoutBuilder:
 
     def _assemble(
         self, pieces: list[tuple[tuple[int, ...], str]]
-    ) -> tuple[tuple[int, ...], dict[str, list[Span]], int]:
+    ) -> tuple[tuple[int, ...], dict[str, list[Span]], int, bool]:
+        """Concatenate pieces, record the q/a spans, then cut the tail at max_length."""
         ids: list[int] = []
         spans: dict[str, list[Span]] = {"q": [], "a": []}
         fixed = 0
@@ -328,7 +328,7 @@ class LayoutBuilder:
                 leading = False
         n = self.max_length
         clipped = {r: [(min(s, n), min(e, n)) for s, e in v] for r, v in spans.items()}
-        return tuple(ids[:n]), clipped, min(fixed, n)
+        return tuple(ids[:n]), clipped, min(fixed, n), len(ids) > n
 
 
 def build_layout(
@@ -440,6 +440,11 @@ class _Job:
         return self.targets[-1]
 
 
+def _cost(batch: list[_Job], start: int) -> int:
+    """Padded tokens a batch feeds the model: the unit of progress."""
+    return len(batch) * (max(j.need for j in batch) - start)
+
+
 def _jobs(layouts: Sequence[Layout]) -> list[_Job]:
     jobs = []
     for row, lay in enumerate(layouts):
@@ -490,6 +495,8 @@ class LossScorer:
         max_batch_tokens: int = 16384,
         head: HeadMode = "auto",
         head_chunk_bytes: int = 64 << 20,
+        share_prefix: bool = True,
+        min_shared_prefix: int = 4,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -502,6 +509,8 @@ class LossScorer:
         self.builder = LayoutBuilder(tokenizer, template, max_length)
         self.device = _device(model)
         self.head_chunk_bytes = head_chunk_bytes
+        self.share_prefix = share_prefix
+        self.min_shared_prefix = max(2, min_shared_prefix)
         self.head: HeadMode = self._pick_head() if head == "auto" else head
 
     @classmethod
@@ -527,27 +536,45 @@ class LossScorer:
 
         layouts = self.builder.build(items)
         sums = torch.zeros(3 * len(layouts), dtype=torch.float64)
-        jobs = _jobs(layouts)
-        batches = list(self._batches(jobs))
-        total = sum(len(b) * max(j.need for j in b) for b in batches)
+        plan = self._plan(_jobs(layouts))
+        total = sum(_cost(batch, start) for _, start, batches in plan for batch in batches)
         done = 0
         with torch.inference_mode():
-            for batch in batches:
-                nll, segs = self._run(batch)
-                sums.index_add_(0, segs, nll.double().cpu())
-                done += len(batch) * max(j.need for j in batch)
-                if progress is not None:
-                    progress(done, total)
+            for key, start, batches in plan:
+                cache = self._prefix_cache(key) if start else None
+                for batch in batches:
+                    nll, segs = self._run(batch, start, cache)
+                    sums.index_add_(0, segs, nll.double().cpu())
+                    done += _cost(batch, start)
+                    if progress is not None:
+                        progress(done, total)
         flat = sums.tolist()
         return [_losses_from(lay, flat[3 * i : 3 * i + 3]) for i, lay in enumerate(layouts)]
 
     # -- batching -------------------------------------------------------------------------------
-    def _batches(self, jobs: list[_Job]) -> Iterator[list[_Job]]:
+    def _plan(self, jobs: list[_Job]) -> list[tuple[tuple[int, ...], int, list[list[_Job]]]]:
+        """Group jobs by shared template prefix, then batch each group by length.
+
+        A group's prefix (all but its last id) is run once and its key/value cache reused by
+        every batch of the group; each sequence then starts at the prefix's last id, whose
+        output predicts the first scored token. Short prefixes are not worth a cache.
+        """
+        groups: dict[tuple[int, ...], list[_Job]] = {}
+        for job in jobs:
+            key = job.ids[: job.fixed] if self.share_prefix else ()
+            groups.setdefault(key if len(key) >= self.min_shared_prefix else (), []).append(job)
+        plan = []
+        for key, members in groups.items():
+            start = len(key) - 1 if key else 0
+            plan.append((key, start, list(self._batches(members, start))))
+        return plan
+
+    def _batches(self, jobs: list[_Job], start: int) -> Iterator[list[_Job]]:
         """Longest first (memory peaks early), similar lengths together, capped by tokens."""
         ordered = sorted(jobs, key=lambda j: -j.need)
         batch: list[_Job] = []
         for job in ordered:
-            width = batch[0].need if batch else job.need
+            width = (batch[0].need if batch else job.need) - start
             if batch and (
                 len(batch) >= self.batch_size or (len(batch) + 1) * width > self.max_batch_tokens
             ):
@@ -557,27 +584,44 @@ class LossScorer:
         if batch:
             yield batch
 
-    def _run(self, batch: list[_Job]) -> tuple[torch.Tensor, torch.Tensor]:
-        """NLL of every scored token of a batch, with the segment each one belongs to."""
+    def _prefix_cache(self, key: tuple[int, ...]) -> Any:
+        """The key/value cache of a shared prefix without its last id (run once per group)."""
         import torch
 
-        width = max(j.need for j in batch)
+        x = torch.tensor([list(key[:-1])], dtype=torch.long, device=self.device)
+        return self.model(input_ids=x, use_cache=True).past_key_values
+
+    def _run(self, batch: list[_Job], start: int, cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """NLL of every scored token of a batch, with the segment each one belongs to."""
+        import copy
+
+        import torch
+
+        width = max(j.need for j in batch) - start
         pad = batch[0].ids[0]
-        rows = [list(j.ids[: j.need]) + [pad] * (width - j.need) for j in batch]
+        rows = [list(j.ids[start : j.need]) + [pad] * (width - j.need + start) for j in batch]
         x = torch.tensor(rows, dtype=torch.long, device=self.device)
-        flat_pos = [b * width + t - 1 for b, j in enumerate(batch) for t in j.targets]
+        # Token t is predicted by the output at position t - 1, i.e. row index t - 1 - start.
+        flat_pos = [b * width + t - 1 - start for b, j in enumerate(batch) for t in j.targets]
         tgt = [j.ids[t] for j in batch for t in j.targets]
         segs = torch.tensor([g for j in batch for g in j.segments], dtype=torch.long)
         pos_t = torch.tensor(flat_pos, dtype=torch.long, device=self.device)
         tgt_t = torch.tensor(tgt, dtype=torch.long, device=self.device)
-        return self._nll(x, pos_t, tgt_t), segs
+        kwargs: dict[str, Any] = {"use_cache": False}
+        if cache is not None:
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(batch))
+            kwargs = {"use_cache": True, "past_key_values": past}
+        return self._nll(x, pos_t, tgt_t, kwargs), segs
 
-    def _nll(self, x: torch.Tensor, pos: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    def _nll(
+        self, x: torch.Tensor, pos: torch.Tensor, tgt: torch.Tensor, kwargs: dict[str, Any]
+    ) -> torch.Tensor:
         import torch
         import torch.nn.functional as F
 
         if self.head == "split":
-            hidden = self.model.get_decoder()(input_ids=x, use_cache=False).last_hidden_state
+            hidden = self.model.get_decoder()(input_ids=x, **kwargs).last_hidden_state
             rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, pos)
             lm_head = self.model.get_output_embeddings()
             vocab = int(lm_head.weight.shape[0])
@@ -592,12 +636,12 @@ class LossScorer:
         if self.head == "keep":
             mask = torch.zeros(x.numel(), dtype=torch.bool, device=x.device)
             mask[pos] = True
-            logits = self.model(
-                input_ids=x, use_cache=False, logits_to_keep=mask.view_as(x)
-            ).logits.float()
+            logits = self.model(input_ids=x, logits_to_keep=mask.view_as(x), **kwargs).logits
             # A boolean mask selects positions in row-major order, which is pos's order.
-            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt, reduction="none")
-        logits = self.model(input_ids=x, use_cache=False).logits
+            return F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), tgt, reduction="none"
+            )
+        logits = self.model(input_ids=x, **kwargs).logits
         rows = logits.reshape(-1, logits.shape[-1]).index_select(0, pos).float()
         return F.cross_entropy(rows, tgt, reduction="none")
 

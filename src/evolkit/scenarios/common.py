@@ -11,7 +11,9 @@ from evolkit.records import Record
 from evolkit.runs import RunFolder
 
 
-def load_input(path: str | Path, on_bad: str, limit: int | None) -> tuple[list[Record], list[BadRow]]:
+def load_input(
+    path: str | Path, on_bad: str, limit: int | None
+) -> tuple[list[Record], list[BadRow]]:
     """Read every record first so a bad row fails before any model loads."""
     bad: list[BadRow] = []
     sink: Callable[[BadRow], None] = bad.append
@@ -24,4 +26,6 @@ def write_bad_rows(run: RunFolder, bad: list[BadRow]) -> None:
         return
     with open(run.bad_path, "w", encoding="utf-8") as f:
         for row in bad:
-            f.write(json.dumps({**row.to_dict(), "message": row.message}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps({**row.to_dict(), "message": row.message}, ensure_ascii=False) + "\n"
+            )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from evolkit.engines.local import LocalEngine
 from evolkit.io.writers import read_jsonl_tolerant
 from evolkit.models import BackendFactory, ModelSpec
-from evolkit.models.base import SamplingParams
+from evolkit.models.base import Backend, SamplingParams
 from evolkit.models.embedded import cache_root
 from evolkit.runs import RunFolder
 from evolkit.scenarios.common import load_input, write_bad_rows
@@ -63,8 +64,13 @@ def evolve(
     batch_size: int = 8,
     cache: str | Path | None = "default",
     progress: bool = True,
+    backends: Mapping[str, Backend] | None = None,
 ) -> dict[str, Any]:
-    """Run Evol-Instruct from `input_path` into the run folder `out`; return the summary."""
+    """Run Evol-Instruct from `input_path` into the run folder `out`; return the summary.
+
+    `backends` maps a role ("evolver", "responder", "judge") to a ready Backend object, which
+    then replaces the model spec of that role in `config` (for notebooks and tests).
+    """
     cfg = config or EvolConfig()
     unknown = [r for r in cfg.rules if r not in ALL_RULES]
     if unknown:
@@ -82,9 +88,15 @@ def evolve(
     cache_path = cache_root() / "calls.sqlite" if cache == "default" else cache
     factory = BackendFactory(cache_path)
     try:
-        evolver = factory.get(cfg.evolver)
-        responder = factory.get(cfg.responder)
-        judge = factory.get(cfg.judge) if "no_information_gain" in cfg.rules else None
+        given = dict(backends or {})
+        adopted = {id(b): factory.adopt(b) for b in {id(b): b for b in given.values()}.values()}
+
+        def role(name: str, spec: ModelSpec) -> Backend:
+            return adopted[id(given[name])] if name in given else factory.get(spec)
+
+        evolver = role("evolver", cfg.evolver)
+        responder = role("responder", cfg.responder)
+        judge = role("judge", cfg.judge) if "no_information_gain" in cfg.rules else None
         engine = LocalEngine(batch_size=batch_size, progress=progress)
         evolve_params = SamplingParams(
             temperature=cfg.temperature,

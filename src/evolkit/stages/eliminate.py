@@ -13,7 +13,6 @@ from evolkit.stages.base import Stage
 from evolkit.stages.rules import (
     INSTRUCTION_RULES,
     RESPONSE_RULES,
-    SPECIAL_RULES,
     RuleSettings,
     normalize,
 )
@@ -98,7 +97,7 @@ class EliminateStage(Stage):
             )
             for i in todo
         ]
-        for i, gen in zip(todo, self.judge.generate(requests)):
+        for i, gen in zip(todo, self.judge.generate(requests), strict=True):
             rec = batch[i]
             verdict = parse_equal(gen.text)
             if verdict is True:

@@ -52,7 +52,7 @@ def build_messages(operation: str, instruction: str) -> list[dict[str, str]]:
 
 _LABEL = re.compile(
     r"^\s*(?:#+\s*)?(?:\*\*)?\s*(?:the\s+)?(?:new|rewritten|revised|harder|final|evolved|created)?"
-    r"\s*(?:prompt|instruction|rewrite|version)\s*#?\s*(?:\*\*)?\s*[:\-]\s*",
+    r"\s*(?:prompt|instruction|rewrite|version)\s*#?\s*(?:\*\*)?\s*[:\-]\s*(?:\*\*)?\s*",
     re.IGNORECASE,
 )
 _QUOTES = ('"', "'", "“", "”", "`")
@@ -125,11 +125,12 @@ class EvolveStage(Stage):
         ]
         params = SamplingParams(**{**self.params.__dict__, "seed": self.seed + self.round})
         requests = [
-            ChatRequest.of(build_messages(op, p.instruction), params) for p, op in zip(batch, ops)
+            ChatRequest.of(build_messages(op, p.instruction), params)
+            for p, op in zip(batch, ops, strict=True)
         ]
         gens = self.evolver.generate(requests)
         children = []
-        for parent, op, gen in zip(batch, ops, gens):
+        for parent, op, gen in zip(batch, ops, gens, strict=True):
             children.append(
                 Record(
                     id=make_id("evol", parent.id, self.round),

@@ -19,9 +19,11 @@ class RespondStage(Stage):
         self.params = params or SamplingParams(temperature=0.0, max_new_tokens=512)
 
     def process(self, batch: list[Record]) -> list[Record]:
-        requests = [ChatRequest.of([{"role": "user", "content": r.query}], self.params) for r in batch]
+        requests = [
+            ChatRequest.of([{"role": "user", "content": r.query}], self.params) for r in batch
+        ]
         out = []
-        for rec, gen in zip(batch, self.responder.generate(requests)):
+        for rec, gen in zip(batch, self.responder.generate(requests), strict=True):
             out.append(
                 rec.model_copy(
                     update={

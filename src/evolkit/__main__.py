@@ -1,0 +1,5 @@
+"""`python -m evolkit` runs the command line."""
+
+from evolkit.cli import main
+
+main()

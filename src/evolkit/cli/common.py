@@ -1,0 +1,73 @@
+"""Shared pieces of the command line: the typer app, option types and small helpers."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Evolve instruction-tuning data with small language models, and measure what it made.",
+    pretty_exceptions_enable=False,
+)
+
+
+class Backend(str, Enum):
+    local = "local"
+    openai = "openai"
+
+
+class OnBad(str, Enum):
+    error = "error"
+    skip = "skip"
+
+
+class Policy(str, Enum):
+    rotate = "rotate"
+    random = "random"
+    fixed = "fixed"
+
+
+class ExportFormat(str, Enum):
+    alpaca = "alpaca"
+    sharegpt = "sharegpt"
+    messages = "messages"
+
+
+BackendOpt = Annotated[
+    Backend, typer.Option(help="Where models run: in-process transformers, or an HTTP server.")
+]
+BaseUrlOpt = Annotated[
+    str | None, typer.Option(help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+]
+ApiKeyOpt = Annotated[
+    str | None, typer.Option(help="API key for --backend openai (default: $OPENAI_API_KEY).")
+]
+BatchOpt = Annotated[int, typer.Option(help="Rows per batch (and per generate call).")]
+OverwriteOpt = Annotated[
+    bool, typer.Option(help="Replace a run with another configuration in OUT.")
+]
+CacheOpt = Annotated[
+    Path | None, typer.Option(help="Call cache file (default: the per-user evolkit cache).")
+]
+NoCacheOpt = Annotated[
+    bool, typer.Option("--no-cache", help="Do not read or write the call cache.")
+]
+
+
+def _spec(model: str, backend: Backend, base_url: str | None, api_key: str | None, batch: int):
+    from evolkit.models import ModelSpec
+
+    return ModelSpec(
+        model=model, backend=backend.value, base_url=base_url, api_key=api_key, batch_size=batch
+    )
+
+
+def _cache(cache: Path | None, no_cache: bool) -> str | Path | None:
+    if no_cache:
+        return None
+    return cache if cache is not None else "default"

@@ -1,0 +1,43 @@
+"""`evolkit export`: training-ready files from a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from evolkit.cli.common import (
+    ExportFormat,
+    app,
+)
+from evolkit.console import console
+from evolkit.errors import EvolkitError
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A run folder (or a JSONL/Parquet file of records).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="File to write.")],
+    format: Annotated[
+        ExportFormat, typer.Option("--format", help="Training format.")
+    ] = ExportFormat.alpaca,
+    name: Annotated[str | None, typer.Option(help="Dataset name in dataset_info.json.")] = None,
+) -> None:
+    """Write training-ready data (Alpaca + LLaMA-Factory entry, ShareGPT, or OpenAI messages)."""
+    from evolkit.io.exports import export_records
+    from evolkit.io.readers import read_records
+
+    src = run
+    if run.is_dir() and not (run / "state.json").exists():
+        candidates = [run / n for n in ("evolved.jsonl", "selected.jsonl", "scored.jsonl")]
+        found = [c for c in candidates if c.exists()]
+        if not found:
+            raise EvolkitError(
+                f"{run}: no evolved.jsonl, selected.jsonl or scored.jsonl in this run"
+            )
+        src = found[0]
+    records = list(read_records(src))
+    written = export_records(records, out, format.value, dataset_name=name)
+    for p in written:
+        console.print(f"wrote {p}")
