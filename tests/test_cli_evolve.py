@@ -98,7 +98,7 @@ def test_kill_9_then_resume_finishes_without_duplicates(
     seeds.write_text(
         "".join(
             json.dumps({"instruction": f"Write fact number {i} about owls."}) + "\n"
-            for i in range(24)
+            for i in range(10)
         )
     )
     out = tmp_path / "run"
@@ -130,7 +130,7 @@ def test_kill_9_then_resume_finishes_without_duplicates(
     journal = out / "checkpoint.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if journal.exists() and len(journal.read_text().splitlines()) >= 3:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 2:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -150,7 +150,7 @@ def test_kill_9_then_resume_finishes_without_duplicates(
     assert len(ids) == len(set(ids))
     round1 = [r for r in kept + rejected if r["round"] == 1]
     assert sorted(r["parent_id"] for r in round1) == sorted({r["parent_id"] for r in round1})
-    assert len(round1) == 24
+    assert len(round1) == 10
     round2 = [r for r in kept + rejected if r["round"] == 2]
     assert len(round2) == len([r for r in kept if r["round"] == 1])
     assert len(kept) + len(rejected) >= before
