@@ -60,9 +60,8 @@ def main() -> None:
         backend.batch_size = bs
         n, s = run(backend, texts, args.tokens, one_by_one=False)
         rate = n / s
-        print(
-            f"| batched, batch {bs} | {len(texts)} | {n} | {s:.1f} | {rate:.1f} | {rate / base:.2f}x |"
-        )
+        cells = f"{len(texts)} | {n} | {s:.1f} | {rate:.1f} | {rate / base:.2f}x"
+        print(f"| batched, batch {bs} | {cells} |")
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def test_kill_9_then_resume_finishes_without_duplicates(
         "--evolver",
         str(tiny_model_dir),
         "--max-new-tokens",
-        "24",
+        "8",
         "--rules",
         "empty",
         "--cache",
