@@ -17,6 +17,17 @@ from evolkit.models.base import Backend, ChatRequest, Generation, SamplingParams
 from evolkit.models.embedded import EMBEDDED_ALIASES, EMBEDDED_NAME, embedded_model_dir
 
 
+def quiet_transformers() -> None:
+    """Keep transformers' own progress bars and warnings out of evolkit's progress display."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def resolve_model_path(spec: str) -> tuple[str, str]:
     """Map a model setting to (path or hub id to load, model id to record)."""
     if spec in EMBEDDED_ALIASES:
@@ -43,6 +54,7 @@ class LocalBackend(Backend):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        quiet_transformers()
         path, self.model_id = resolve_model_path(model)
         self.batch_size = max(1, batch_size)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")

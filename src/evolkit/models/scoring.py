@@ -497,6 +497,7 @@ class LossScorer:
         head_chunk_bytes: int = 64 << 20,
         share_prefix: bool = True,
         min_shared_prefix: int = 4,
+        batch_overhead_tokens: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -510,6 +511,9 @@ class LossScorer:
         self.device = _device(model)
         self.head_chunk_bytes = head_chunk_bytes
         self.share_prefix = share_prefix
+        if batch_overhead_tokens is None:
+            batch_overhead_tokens = 32 if self.device.type == "cpu" else 1024
+        self.batch_overhead_tokens = batch_overhead_tokens
         self.min_shared_prefix = max(2, min_shared_prefix)
         self.head: HeadMode = self._pick_head() if head == "auto" else head
 
@@ -566,23 +570,38 @@ class LossScorer:
         plan = []
         for key, members in groups.items():
             start = len(key) - 1 if key else 0
-            plan.append((key, start, list(self._batches(members, start))))
+            plan.append((key, start, self._batches(members, start)))
         return plan
 
-    def _batches(self, jobs: list[_Job], start: int) -> Iterator[list[_Job]]:
-        """Longest first (memory peaks early), similar lengths together, capped by tokens."""
+    def _batches(self, jobs: list[_Job], start: int) -> list[list[_Job]]:
+        """Cut the length-sorted jobs into batches that minimise padded work plus pass overhead.
+
+        A forward pass costs its padded tokens plus a fixed overhead (reading every weight once,
+        dispatching every layer), worth ``batch_overhead_tokens`` tokens. With jobs sorted
+        longest first, a batch of jobs i..j-1 costs ``overhead + (j - i) * width_i``; a small
+        dynamic programme finds the cheapest cut into contiguous batches of at most
+        ``batch_size`` sequences and ``max_batch_tokens`` padded tokens. A fixed-size cut would
+        pad a 5-token answer to the 90-token one sorted next to it; this one does not.
+        """
         ordered = sorted(jobs, key=lambda j: -j.need)
-        batch: list[_Job] = []
-        for job in ordered:
-            width = (batch[0].need if batch else job.need) - start
-            if batch and (
-                len(batch) >= self.batch_size or (len(batch) + 1) * width > self.max_batch_tokens
-            ):
-                yield batch
-                batch = []
-            batch.append(job)
-        if batch:
-            yield batch
+        widths = [j.need - start for j in ordered]
+        n = len(ordered)
+        best = [0.0] + [math.inf] * n
+        cut = [0] * (n + 1)
+        for end in range(1, n + 1):
+            for begin in range(end - 1, max(-1, end - 1 - self.batch_size), -1):
+                size = end - begin
+                if size > 1 and size * widths[begin] > self.max_batch_tokens:
+                    break
+                cost = best[begin] + self.batch_overhead_tokens + size * widths[begin]
+                if cost < best[end]:
+                    best[end], cut[end] = cost, begin
+        batches: list[list[_Job]] = []
+        end = n
+        while end > 0:
+            batches.append(ordered[cut[end] : end])
+            end = cut[end]
+        return batches[::-1]
 
     def _prefix_cache(self, key: tuple[int, ...]) -> Any:
         """The key/value cache of a shared prefix without its last id (run once per group)."""

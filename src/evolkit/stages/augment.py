@@ -19,7 +19,6 @@ from evolkit.models.base import Backend, ChatRequest, SamplingParams
 from evolkit.records import Record
 from evolkit.stages.base import Stage
 from evolkit.stages.constraints import (
-    CONSTRAINT_ID,
     KIND,
     STEP,
     constraint_key,
@@ -184,7 +183,6 @@ def unique_seeds(lines: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 __all__ = [
-    "CONSTRAINT_ID",
     "AugmentStage",
     "ConstraintFilterStage",
     "call_row",

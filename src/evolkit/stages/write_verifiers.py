@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from evolkit.models.base import Backend, ChatRequest, SamplingParams
 from evolkit.records import Record
 from evolkit.stages.base import Stage
-from evolkit.stages.constraints import CONSTRAINT_ID, advance, function_row, slim
+from evolkit.stages.constraints import advance, function_row, slim
 from evolkit.stages.few_shot import few_shot_messages
 
 STEP_NAME = "verifiers"
@@ -262,4 +262,4 @@ class WriteVerifiersStage(Stage):
         return out
 
 
-__all__ = ["CONSTRAINT_ID", "Candidate", "WriteVerifiersStage", "parse_candidate"]
+__all__ = ["Candidate", "WriteVerifiersStage", "parse_candidate"]
