@@ -48,12 +48,20 @@ def raw_forward(model: Any, scorer: Any, items: list[Any]) -> float:
     """Seconds for full-logits forward passes over the scored sequences, same batching."""
     import torch
 
+    from evolkit.models.scoring import plan_batches
+
     seqs = [s for lay in scorer.layouts(items) for s in (lay.cond, lay.uncond) if len(s) > 1]
     seqs.sort(key=len, reverse=True)
+    cuts = plan_batches(
+        [len(s) for s in seqs],
+        scorer.batch_size,
+        scorer.max_batch_tokens,
+        scorer.batch_overhead_tokens,
+    )
     start = time.perf_counter()
     with torch.inference_mode():
-        for i in range(0, len(seqs), scorer.batch_size):
-            batch = seqs[i : i + scorer.batch_size]
+        for a, b in cuts:
+            batch = seqs[a:b]
             width = len(batch[0])
             x = torch.tensor([list(s) + [s[0]] * (width - len(s)) for s in batch])
             model(input_ids=x, use_cache=False).logits.float().log_softmax(-1)

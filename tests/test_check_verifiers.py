@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,23 +168,37 @@ def test_our_output_can_be_checked_again(tmp_path: Path) -> None:
     ],
 )
 def test_malformed_row_is_one_line_with_file_line_field(
-    tmp_path: Path, row: dict | str, where: str
+    tmp_path: Path, row: dict | str, where: str, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    src = write_rows(tmp_path / "sets.jsonl", [SETS[0], row])
-    import subprocess
-    import sys
+    from evolkit.cli import main
 
+    src = write_rows(tmp_path / "sets.jsonl", [SETS[0], row])
+    monkeypatch.setattr(
+        "sys.argv", ["evolkit", "check-verifiers", str(src), "-o", str(tmp_path / "o")]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert f"{src}:2: {where}" in lines[0]
+    assert not (tmp_path / "o" / "constraints.jsonl").exists()
+
+
+def test_the_installed_command_exits_non_zero_with_one_line(tmp_path: Path) -> None:
+    src = write_rows(tmp_path / "sets.jsonl", [SETS[0], {"constraint": "", "functions": []}])
+    exe = Path(sys.executable).with_name("evolkit")
     proc = subprocess.run(
-        [sys.executable, "-m", "evolkit", "check-verifiers", str(src), "-o", str(tmp_path / "o")],
+        [str(exe), "check-verifiers", str(src), "-o", str(tmp_path / "o")],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 1
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert f"{src}:2: {where}" in lines[0]
-    assert not (tmp_path / "o" / "constraints.jsonl").exists()
+    assert (
+        proc.stderr.strip()
+        == f"error: {src}:2: field 'constraint': missing or not a non-empty string"
+    )
 
 
 def test_skip_mode_writes_bad_rows_and_goes_on(tmp_path: Path) -> None:

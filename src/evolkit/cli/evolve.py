@@ -54,6 +54,9 @@ def evolve(
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="Max response tokens (paper: 2048).")] = 512,
+    repetition_penalty: Annotated[
+        float, typer.Option(help="Responder repetition penalty; 1.0 = plain greedy (the paper).")
+    ] = 1.15,
     temperature: Annotated[float, typer.Option(help="Evolution sampling temperature.")] = 0.7,
     top_p: Annotated[float, typer.Option(help="Evolution nucleus sampling.")] = 0.95,
     rules: Annotated[
@@ -88,6 +91,7 @@ def evolve(
         temperature=temperature,
         top_p=top_p,
         max_new_tokens=max_new_tokens,
+        repetition_penalty=repetition_penalty,
         rules=chosen_rules,
         limit=limit,
         on_bad_record=on_bad_record.value,

@@ -19,7 +19,7 @@ This module knows nothing of records or pipeline stages: it maps ``ScoreItem`` t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
@@ -440,6 +440,37 @@ class _Job:
         return self.targets[-1]
 
 
+def plan_batches(
+    widths: Sequence[int], batch_size: int, max_tokens: int, overhead: float
+) -> list[tuple[int, int]]:
+    """Cut sequences sorted longest first into ``[begin, end)`` batches of least total cost.
+
+    A forward pass costs its padded tokens plus a fixed overhead (reading every weight once,
+    dispatching every layer) worth ``overhead`` tokens; a batch of sequences i..j-1 costs
+    ``overhead + (j - i) * widths[i]``. A small dynamic programme finds the cheapest cut into
+    contiguous batches of at most ``batch_size`` sequences and ``max_tokens`` padded tokens, so
+    a 5-token sequence is not padded to the 90-token one sorted next to it, as a fixed-size cut
+    would do on a small or skewed set.
+    """
+    n = len(widths)
+    best = [0.0] + [math.inf] * n
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        for begin in range(end - 1, max(-1, end - 1 - batch_size), -1):
+            size = end - begin
+            if size > 1 and size * widths[begin] > max_tokens:
+                break
+            cost = best[begin] + overhead + size * widths[begin]
+            if cost < best[end]:
+                best[end], cut[end] = cost, begin
+    spans: list[tuple[int, int]] = []
+    end = n
+    while end > 0:
+        spans.append((cut[end], end))
+        end = cut[end]
+    return spans[::-1]
+
+
 def _cost(batch: list[_Job], start: int) -> int:
     """Padded tokens a batch feeds the model: the unit of progress."""
     return len(batch) * (max(j.need for j in batch) - start)
@@ -464,25 +495,30 @@ class LossScorer:
     Work saved against the reference loop, without changing a number beyond float noise:
 
     * two passes per row, not three: the conditioned pass yields L(Q) and L(A|Q) together;
-    * the conditioned and unconditioned sequences of all rows are pooled, sorted by length and
-      cut into batches of similar length, so padding is minimal; padding goes on the right and no
+    * the sequences of all rows are pooled, sorted by length and cut into batches where padding
+      would cost more than another pass (:func:`plan_batches`); padding goes on the right and no
       attention mask is passed, so the model runs its plain causal path (a real token never
-      attends to a later pad) - padded positions are simply never read;
+      attends to a later pad) and padded positions are simply never read;
     * each sequence stops at the last scored token's predecessor (trailing template ids and the
       final token produce nothing that is scored);
+    * a template head shared by many rows (the alpaca preamble, the chat system prompt) is run
+      once per call and its key/value cache reused by every batch that starts with it;
     * the vocabulary projection and the log-softmax run only on rows whose next token is scored,
       in chunks, instead of materialising logits for every position.
 
-    ``batch_size`` is the number of sequences per forward pass (one row is two sequences) and
-    ``max_batch_tokens`` caps padded tokens per pass so long sequences get smaller batches. On a
-    GPU raise both: batching is the main lever there. On a CPU the pass is compute-bound, so the
-    gain comes from the work not done.
+    ``batch_size`` is the most sequences per forward pass (one row is two sequences),
+    ``max_batch_tokens`` the most padded tokens per pass, and ``batch_overhead_tokens`` what one
+    extra pass is worth in tokens (weights read once more, every layer dispatched once more:
+    about 32 on a CPU, far more on a GPU, which is the default there). On a GPU raise
+    ``batch_size``: batching is the main lever there. On a CPU the pass is compute-bound once a
+    batch holds a few hundred tokens, so the gain comes from the work not done.
 
     ``head`` picks how scored logits are formed: ``split`` runs the decoder body and applies the
     output embedding to scored rows only; ``keep`` asks the model for logits of scored positions
     (``logits_to_keep`` with a mask, through the model's own forward); ``full`` computes all
     logits and gathers. ``auto`` checks ``split`` against the model's own logits on a probe at
     start-up and falls back to ``keep`` or ``full`` (e.g. for models that post-process logits).
+    The model is put in eval mode (dropout off); its weights are not changed.
     """
 
     def __init__(
@@ -501,7 +537,7 @@ class LossScorer:
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        self.model = model
+        self.model = model.eval()
         self.tokenizer = tokenizer
         self.template: Template = template
         self.max_length = max_length
@@ -574,34 +610,15 @@ class LossScorer:
         return plan
 
     def _batches(self, jobs: list[_Job], start: int) -> list[list[_Job]]:
-        """Cut the length-sorted jobs into batches that minimise padded work plus pass overhead.
-
-        A forward pass costs its padded tokens plus a fixed overhead (reading every weight once,
-        dispatching every layer), worth ``batch_overhead_tokens`` tokens. With jobs sorted
-        longest first, a batch of jobs i..j-1 costs ``overhead + (j - i) * width_i``; a small
-        dynamic programme finds the cheapest cut into contiguous batches of at most
-        ``batch_size`` sequences and ``max_batch_tokens`` padded tokens. A fixed-size cut would
-        pad a 5-token answer to the 90-token one sorted next to it; this one does not.
-        """
+        """Longest first (memory peaks early), cut where padding would cost more than a pass."""
         ordered = sorted(jobs, key=lambda j: -j.need)
-        widths = [j.need - start for j in ordered]
-        n = len(ordered)
-        best = [0.0] + [math.inf] * n
-        cut = [0] * (n + 1)
-        for end in range(1, n + 1):
-            for begin in range(end - 1, max(-1, end - 1 - self.batch_size), -1):
-                size = end - begin
-                if size > 1 and size * widths[begin] > self.max_batch_tokens:
-                    break
-                cost = best[begin] + self.batch_overhead_tokens + size * widths[begin]
-                if cost < best[end]:
-                    best[end], cut[end] = cost, begin
-        batches: list[list[_Job]] = []
-        end = n
-        while end > 0:
-            batches.append(ordered[cut[end] : end])
-            end = cut[end]
-        return batches[::-1]
+        cuts = plan_batches(
+            [j.need - start for j in ordered],
+            self.batch_size,
+            self.max_batch_tokens,
+            self.batch_overhead_tokens,
+        )
+        return [ordered[a:b] for a, b in cuts]
 
     def _prefix_cache(self, key: tuple[int, ...]) -> Any:
         """The key/value cache of a shared prefix without its last id (run once per group)."""

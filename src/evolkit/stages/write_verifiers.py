@@ -123,8 +123,13 @@ def _unescape(text: str) -> str:
     return text.replace("\\n", "\n") if "\\n" in text else text
 
 
-def parse_candidate(text: str) -> Candidate:
-    """Extract the function and the test cases from one model answer."""
+def parse_candidate(text: str, truncated: bool = False) -> Candidate:
+    """Extract the function and the test cases from one model answer.
+
+    A `truncated` answer (token limit) loses its last line: a half-written case is a wrong case.
+    """
+    if truncated and "\n" in text.strip():
+        text = text.rstrip().rsplit("\n", 1)[0]
     code_blocks: list[str] = []
     rest = text
     func_from_json: str | None = None
@@ -212,7 +217,7 @@ class WriteVerifiersStage(Stage):
                 if gen.finish_reason == "error":
                     cand = Candidate(None, [], "model_error")
                 else:
-                    cand = parse_candidate(gen.text)
+                    cand = parse_candidate(gen.text, truncated=gen.finish_reason == "length")
                 candidates.append(
                     {
                         "index": j,
