@@ -8,9 +8,10 @@ something to keep and something to drop, with a known reason:
   -> the judge says contradiction -> dropped at backtranslate;
 - "Write the word banana at least once" (augmented): functions disagree with their cases
   -> dropped at crossval;
-- "End your answer with a question mark" (augmented): the model writes prose, no code
+- "End every answer with an exclamation mark" (augmented): the model writes prose, no code
   -> dropped at verifiers;
-- a duplicate of a seed and a too-short line in the augmentation answer -> dropped at augment.
+- a duplicate of a seed, a too-short line and a line copied from the prompt's worked example
+  in the augmentation answer -> dropped at augment.
 """
 
 from __future__ import annotations
@@ -65,9 +66,10 @@ BANANA_CASES = (
 AUGMENTED = (
     "Here are new constraints:\n"
     "1. Write the word banana at least once\n"
-    "2. End your answer with a question mark\n"
+    "2. End every answer with an exclamation mark\n"
     "3. answer in fewer than 5 words!\n"  # a seed again, up to case and punctuation
     "4. Be\n"  # too short
+    "5. Do not use the letter Z anywhere\n"  # copied from the prompt's worked example
 )
 
 
@@ -192,6 +194,7 @@ def test_every_step_keeps_and_drops_for_its_reason(tmp_path: Path) -> None:
     assert rejected_by(out / "rejected.jsonl") == {
         ("augment", "constraint", "duplicate"): 1,
         ("augment", "constraint", "too_short"): 1,
+        ("augment", "constraint", "copies_example"): 1,
         ("verifiers", "constraint", "no_usable_function"): 1,
         ("verifiers", "function", "no_code"): 3,
         ("crossval", "constraint", "min_functions"): 1,

@@ -211,3 +211,27 @@ def test_skip_mode_writes_bad_rows_and_goes_on(tmp_path: Path) -> None:
     bad_rows = read(out / "bad_records.jsonl")
     assert [(b["line"], b["field"]) for b in bad_rows] == [(1, "functions"), (3, "(json)")]
     assert json.loads((out / "summary.json").read_text())["bad_records"] == 2
+
+
+def test_one_sided_cases_cannot_verify_anything(tmp_path: Path) -> None:
+    """Ten cases that all expect True are passed by `return True`: such a set proves nothing."""
+    vacuous = {
+        "constraint": "Answer with words that begin with the letter 'B'",
+        "functions": [
+            "def evaluate(response):\n    return 'B' not in response.lower()",  # always True
+            "def evaluate(response):\n    return True",
+            "def evaluate(response):\n    return len(response) >= 0",
+        ],
+        "cases": [{"input": f"No, {i}.", "output": True} for i in range(10)],
+    }
+    src = write_rows(tmp_path / "sets.jsonl", [vacuous])
+    result = invoke(str(src), "-o", str(tmp_path / "strict"))
+    assert result.exit_code == 0, result.output
+    assert read(tmp_path / "strict" / "constraints.jsonl") == []
+    (row,) = read(tmp_path / "strict" / "rejected.jsonl")
+    assert [v["rule"] for v in row["verdicts"]] == ["one_sided_cases"]
+    assert "always returns True" in row["verdicts"][0]["detail"]
+    # the original AutoIF had no such rule: it can be switched off
+    loose = invoke(str(src), "-o", str(tmp_path / "loose"), "--allow-one-sided-cases")
+    assert loose.exit_code == 0, loose.output
+    assert len(read(tmp_path / "loose" / "constraints.jsonl")) == 1

@@ -248,3 +248,44 @@ def test_choose_operation_policies() -> None:
     assert choose_operation("random", ops, 0, 1, 5, "a") == choose_operation(
         "random", ops, 9, 1, 5, "a"
     )
+
+
+def test_failed_rewrites_are_resampled_up_to_attempts(tmp_path: Path) -> None:
+    seeds = write_seeds(tmp_path / "seeds.jsonl", SEEDS[:2])
+    seen: dict[str, int] = {}
+
+    def flaky(req: ChatRequest) -> str:
+        text = instruction_of(req)
+        seen[text] = seen.get(text, 0) + 1
+        if seen[text] == 1:
+            return "Sure! What would you like me to rewrite?"
+        return text.rstrip(".") + " for a class of ten-year-old children, in five steps."
+
+    ev = ScriptedBackend(flaky)
+    summary = evolve(
+        seeds,
+        tmp_path / "run",
+        EvolConfig(rounds=1, attempts=2),
+        cache=None,
+        progress=False,
+        backends=backends(evolver=ev),
+    )
+    kept = read(tmp_path / "run" / "evolved.jsonl")
+    assert ev.calls == 4 and len(kept) == 2
+    for row in kept:
+        evo = row["meta"]["evolution"]
+        assert evo["attempt"] == 2
+        assert evo["failed_tries"][0]["reason"].startswith("not_an_instruction")
+    assert summary["evolution_attempts"] == {"2": 2} and summary["kept_on_first_try"] == 0
+
+    # one attempt: the original method, the failure is eliminated
+    ev1 = ScriptedBackend(lambda r: "Sure! What would you like me to rewrite?")
+    summary = evolve(
+        seeds,
+        tmp_path / "run1",
+        EvolConfig(rounds=1, attempts=1),
+        cache=None,
+        progress=False,
+        backends=backends(evolver=ev1),
+    )
+    assert ev1.calls == 2 and summary["kept"] == 0

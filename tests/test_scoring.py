@@ -29,6 +29,7 @@ from evolkit.models.scoring import (  # noqa: E402
     build_layout,
     ic_ifd,
     ifd,
+    plan_batches,
     score_naive,
 )
 
@@ -41,19 +42,25 @@ WORDS = TEXT.split(" ")
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> Iterator[tuple[Any, Any]]:
-    """The tiny model on one thread: its kernels are too small to gain from a second one, and
-    two OpenMP threads on a busy 2-core machine spend most of their time waiting on each other."""
+def one_thread() -> Iterator[None]:
+    """Run this module's models on one thread. The tiny model's kernels are too small to gain
+    from a second one, and two OpenMP threads on a busy 2-core machine (tests run beside other
+    work) spend most of their time waiting on each other: measured 5x slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path, one_thread: None) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield model.eval(), tok
-    finally:
-        torch.set_num_threads(threads)
+    return model.eval(), tok
 
 
 class NoBos:
@@ -294,6 +301,22 @@ def test_shared_template_prefix_is_run_once_and_changes_nothing(
     assert_same(score_naive(model, tok, items, t, 96), shared.score(items))
 
 
+def test_plan_batches_avoids_padding_and_respects_limits() -> None:
+    widths = [90, 85, 10, 9, 8, 3]
+    assert plan_batches(widths, 8, 10_000, 32) == [(0, 2), (2, 6)]
+    assert plan_batches(widths, 8, 10_000, 0) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6)]
+    assert plan_batches(widths, 8, 10_000, 10**9) == [(0, 6)]  # passes dear: one big batch
+    assert plan_batches(widths, 4, 10_000, 10**9) == [(0, 2), (2, 6)]  # at most 4 per pass
+    capped = plan_batches(widths, 8, 100, 10**9)
+    assert all(b - a == 1 or (b - a) * widths[a] <= 100 for a, b in capped)
+    assert plan_batches([], 8, 100, 32) == []
+    rng = random.Random(1)
+    many = sorted((rng.randint(1, 300) for _ in range(200)), reverse=True)
+    cuts = plan_batches(many, 16, 2048, 32)
+    assert [i for a, b in cuts for i in range(a, b)] == list(range(200))
+    assert all(b - a <= 16 and ((b - a) * many[a] <= 2048 or b - a == 1) for a, b in cuts)
+
+
 def test_auto_head_picks_split_for_llama(tiny: tuple[Any, Any]) -> None:
     model, tok = tiny
     assert LossScorer(model, tok).head == "split"
@@ -410,7 +433,7 @@ def test_layout_type(tiny: tuple[Any, Any]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("template", ["plain", "chat"])
-def test_batched_equals_naive_embedded(embedded_dir: Path, template: str) -> None:
+def test_batched_equals_naive_embedded(embedded_dir: Path, template: str, one_thread: None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(embedded_dir))

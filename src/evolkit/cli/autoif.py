@@ -48,6 +48,14 @@ MinFuncOpt = Annotated[
 MinCasesOpt = Annotated[
     int, typer.Option(help="Keep constraints with at least this many cases (orig. 10).")
 ]
+BothLabelsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--require-both-labels/--allow-one-sided-cases",
+        help="Drop constraints whose kept cases are all True (or all False): a constant "
+        "function would pass them (not in the original).",
+    ),
+]
 
 
 @app.command()
@@ -100,6 +108,7 @@ def autoif(
     min_accuracy: MinAccOpt = 0.8,
     min_functions: MinFuncOpt = 3,
     min_cases: MinCasesOpt = 10,
+    require_both_labels: BothLabelsOpt = True,
     backtranslate_functions: Annotated[
         int, typer.Option(help="Kept functions back-translated per constraint (original: 3).")
     ] = 3,
@@ -156,6 +165,7 @@ def autoif(
         min_accuracy=min_accuracy,
         min_functions=min_functions,
         min_cases=min_cases,
+        require_both_labels=require_both_labels,
         sandbox_timeout=timeout,
         backtranslate_functions=backtranslate_functions,
         queries_per_constraint=queries_per_constraint,
@@ -198,6 +208,7 @@ def check_verifiers(
     min_accuracy: MinAccOpt = 0.8,
     min_functions: MinFuncOpt = 3,
     min_cases: MinCasesOpt = 10,
+    require_both_labels: BothLabelsOpt = True,
     timeout: TimeoutOpt = 2.0,
     sandbox_workers: WorkersOpt = 2,
     isolation: IsolationOpt = Isolation.auto,
@@ -217,6 +228,7 @@ def check_verifiers(
         out,
         CrossValConfig(min_accuracy=min_accuracy, min_functions=min_functions, min_cases=min_cases),
         on_bad_record=on_bad_record.value,
+        require_both_labels=require_both_labels,
         limits=SandboxLimits(wall_seconds=timeout),
         overwrite=overwrite,
         batch_size=batch_size,

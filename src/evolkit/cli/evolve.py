@@ -57,6 +57,9 @@ def evolve(
     repetition_penalty: Annotated[
         float, typer.Option(help="Responder repetition penalty; 1.0 = plain greedy (the paper).")
     ] = 1.15,
+    attempts: Annotated[
+        int, typer.Option(help="Tries per evolution when a rewrite fails a cheap rule (1 = once).")
+    ] = 3,
     temperature: Annotated[float, typer.Option(help="Evolution sampling temperature.")] = 0.7,
     top_p: Annotated[float, typer.Option(help="Evolution nucleus sampling.")] = 0.95,
     rules: Annotated[
@@ -92,6 +95,7 @@ def evolve(
         top_p=top_p,
         max_new_tokens=max_new_tokens,
         repetition_penalty=repetition_penalty,
+        attempts=attempts,
         rules=chosen_rules,
         limit=limit,
         on_bad_record=on_bad_record.value,

@@ -76,6 +76,7 @@ class AutoIFConfig:
     min_accuracy: float = 0.8
     min_functions: int = 3
     min_cases: int = 10
+    require_both_labels: bool = True  # ours: kept cases must include a True and a False
     sandbox_timeout: float = 2.0  # wall seconds per call
     sandbox_memory_mb: int = 256
     # step 4: back-translation
@@ -99,6 +100,15 @@ class AutoIFConfig:
     top_p: float = 0.95
     seed: int = 0
     on_bad_record: str = "error"  # for the queries files
+
+    def __post_init__(self) -> None:
+        for name in ("per_call", "functions_per_constraint", "queries_per_constraint"):
+            if getattr(self, name) < 1:
+                raise EvolkitError(f"{name} must be at least 1")
+        if self.augment_calls < 0:
+            raise EvolkitError("augment_calls must be >= 0 (0 = verify the seeds only)")
+        if not 0.0 <= self.min_pass_rate <= 1.0 or not 0.0 <= self.min_accuracy <= 1.0:
+            raise EvolkitError("min_pass_rate and min_accuracy must be within [0, 1]")
 
     def crossval(self) -> CrossValConfig:
         return CrossValConfig(
@@ -312,7 +322,12 @@ def _run_steps(
         run,
     )
     processed += step.processed
-    step = engine.run("crossval", [ValidateVerifiersStage(sandbox, cfg.crossval())], step.kept, run)
+    step = engine.run(
+        "crossval",
+        [ValidateVerifiersStage(sandbox, cfg.crossval(), cfg.require_both_labels)],
+        step.kept,
+        run,
+    )
     processed += step.processed
     step = engine.run(
         "backtranslate",

@@ -108,6 +108,7 @@ def check_verifiers(
     config: CrossValConfig | None = None,
     *,
     on_bad_record: str = "error",
+    require_both_labels: bool = True,
     limits: SandboxLimits | None = None,
     overwrite: bool = False,
     batch_size: int = 32,
@@ -126,6 +127,7 @@ def check_verifiers(
         "min_accuracy": cfg.min_accuracy,
         "min_functions": cfg.min_functions,
         "min_cases": cfg.min_cases,
+        "require_both_labels": require_both_labels,
         "limits": lim.to_dict(),
         "on_bad_record": on_bad_record,
     }
@@ -133,7 +135,9 @@ def check_verifiers(
     write_bad_rows(run, bad)
     with Sandbox(lim, workers=sandbox_workers, isolation=isolation) as sandbox:
         engine = LocalEngine(batch_size=batch_size, progress=progress)
-        result = engine.run(STEP_NAME, [ValidateVerifiersStage(sandbox, cfg)], rows, run)
+        result = engine.run(
+            STEP_NAME, [ValidateVerifiersStage(sandbox, cfg, require_both_labels)], rows, run
+        )
         isolation_text, mode = sandbox.isolation, sandbox.mode
     kept = write_constraints(result.kept, run.dir)
     counts = step_counts(run, (STEP_NAME,))[STEP_NAME]
@@ -151,6 +155,7 @@ def check_verifiers(
             "min_accuracy": cfg.min_accuracy,
             "min_functions": cfg.min_functions,
             "min_cases": cfg.min_cases,
+            "require_both_labels": require_both_labels,
         },
         "resumed": run.resumed,
         "seconds": round(time.perf_counter() - t0, 2),

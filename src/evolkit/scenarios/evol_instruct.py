@@ -18,12 +18,13 @@ from evolkit.io.writers import read_jsonl_tolerant
 from evolkit.models import BackendFactory, ModelSpec
 from evolkit.models.base import Backend, SamplingParams
 from evolkit.models.embedded import cache_root
+from evolkit.records import Record
 from evolkit.runs import RunFolder
 from evolkit.scenarios.common import load_input, write_bad_rows
 from evolkit.stages.eliminate import EliminateStage
 from evolkit.stages.evolve import OPERATIONS, EvolveStage
 from evolkit.stages.respond import RespondStage
-from evolkit.stages.rules import ALL_RULES, RuleSettings
+from evolkit.stages.rules import ALL_RULES, RuleSettings, first_failure
 
 
 @dataclass
@@ -38,6 +39,9 @@ class EvolConfig:
     responder: ModelSpec = field(default_factory=ModelSpec)
     judge: ModelSpec = field(default_factory=ModelSpec)
     temperature: float = 0.7
+    # Tries per evolution: a rewrite failing a cheap instruction rule is re-sampled. 1 = the
+    # original method (one try); the summary reports first-try and final kept rates.
+    attempts: int = 3
     top_p: float = 0.95
     evolve_max_new_tokens: int = 160
     max_new_tokens: int = 512
@@ -112,12 +116,26 @@ def evolve(
             max_new_tokens=cfg.max_new_tokens,
             repetition_penalty=cfg.repetition_penalty,
         )
+
+        def cheap_check(rec: Record) -> str | None:
+            failure = first_failure(rec, cfg.rules, cfg.rule_settings)
+            return f"{failure[0]}: {failure[1]}" if failure else None
+
         t_work = time.perf_counter()
         parents = seeds
         processed = 0
         for r in range(1, cfg.rounds + 1):
             stages = [
-                EvolveStage(evolver, r, cfg.operations, cfg.policy, cfg.seed, evolve_params),
+                EvolveStage(
+                    evolver,
+                    r,
+                    cfg.operations,
+                    cfg.policy,
+                    cfg.seed,
+                    evolve_params,
+                    attempts=cfg.attempts,
+                    check=cheap_check,
+                ),
                 EliminateStage(cfg.rules, "instruction", judge, cfg.rule_settings),
                 RespondStage(responder, respond_params),
                 EliminateStage(cfg.rules, "response", None, cfg.rule_settings),
@@ -178,6 +196,12 @@ def summarize(run: RunFolder, cfg: EvolConfig, n_seeds: int, n_bad: int) -> dict
         }
     n_kept = sum(x["kept"] for x in rounds.values())
     n_all = sum(x["evolved"] for x in rounds.values())
+    tries = Counter(
+        int(row.get("meta", {}).get("evolution", {}).get("attempt", 1)) for row in kept + rejected
+    )
+    first_try_kept = sum(
+        1 for row in kept if int(row.get("meta", {}).get("evolution", {}).get("attempt", 1)) == 1
+    )
     judge_unparsed = sum(
         1
         for row in kept
@@ -193,6 +217,8 @@ def summarize(run: RunFolder, cfg: EvolConfig, n_seeds: int, n_bad: int) -> dict
         "kept_rate": _rate(n_kept, n_all),
         "kept_rate_by_operation": {op: _op_stats(c) for op, c in sorted(totals_ops.items())},
         "judge_unparsed_kept": judge_unparsed,
+        "evolution_attempts": {str(k): v for k, v in sorted(tries.items())},
+        "kept_on_first_try": first_try_kept,
         "config": cfg.fingerprint_dict(str(run.config.get("input", ""))),
     }
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from evolkit.models.base import Backend, ChatRequest, SamplingParams
+from evolkit.prompts import few_shot
 from evolkit.records import Record
 from evolkit.stages.base import Stage
 from evolkit.stages.constraints import (
@@ -127,8 +128,20 @@ class AugmentStage(Stage):
         return out
 
 
+def prompt_examples() -> list[str]:
+    """The constraints our augmentation prompt shows as its worked example."""
+    shots = few_shot("autoif_augment")
+    return [
+        c for shown, answer in shots.examples for c in parse_constraint_list(f"{shown}\n{answer}")
+    ]
+
+
 class ConstraintFilterStage(Stage):
-    """Drop constraints that are too short, too long, or already known (seeds included)."""
+    """Drop constraints that are too short, too long, or already known.
+
+    Known means a seed, an earlier augmentation, or a line of the prompt's own worked example:
+    small models copy the example answer, and our text is not the model's new constraint.
+    """
 
     name = "augment-filter"
     inputs: ClassVar[tuple[str, ...]] = ("instruction",)
@@ -137,6 +150,7 @@ class ConstraintFilterStage(Stage):
     def __init__(self, known: Sequence[str] = (), min_chars: int = 10, max_chars: int = 200):
         self.min_chars = min_chars
         self.max_chars = max_chars
+        self._copied = {constraint_key(t) for t in prompt_examples()}
         self._seen: dict[str, str] = {constraint_key(t): "a seed constraint" for t in known}
 
     def resume(self, kept: Sequence[Record]) -> None:
@@ -156,7 +170,11 @@ class ConstraintFilterStage(Stage):
                 row = row.reject("too_long", f"{n} characters > {self.max_chars}", STEP_NAME)
             else:
                 key = constraint_key(row.instruction)
-                if key in self._seen:
+                if key in self._copied and key not in self._seen:
+                    row = row.reject(
+                        "copies_example", "a line of the prompt's worked example", STEP_NAME
+                    )
+                elif key in self._seen:
                     row = row.reject("duplicate", f"same as {self._seen[key]}", STEP_NAME)
                 else:
                     self._seen[key] = "an earlier augmentation"
@@ -187,5 +205,6 @@ __all__ = [
     "ConstraintFilterStage",
     "call_row",
     "parse_constraint_list",
+    "prompt_examples",
     "unique_seeds",
 ]

@@ -36,6 +36,10 @@ class ComposeStage(Stage):
     ) -> None:
         if "{query}" not in template or "{constraint}" not in template:
             raise ValueError("the compose template needs both {query} and {constraint}")
+        try:
+            template.format(query="", constraint="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"the compose template has a stray field or brace: {exc}") from None
         self.queries = list(queries)
         self.per_constraint = per_constraint
         self.seed = seed

@@ -14,6 +14,7 @@ from evolkit.stages.rules import (
     INSTRUCTION_RULES,
     RESPONSE_RULES,
     RuleSettings,
+    first_failure,
     normalize,
 )
 
@@ -70,11 +71,9 @@ class EliminateStage(Stage):
     def process(self, batch: list[Record]) -> list[Record]:
         out: list[Record] = []
         for rec in batch:
-            for rule in self.rules:
-                reason = self._table[rule](rec, self.settings)
-                if reason:
-                    rec = rec.reject(rule, reason, self.name)
-                    break
+            failure = first_failure(rec, self.rules, self.settings, self._table)
+            if failure:
+                rec = rec.reject(*failure, self.name)
             if not rec.rejected and self.dedup:
                 key = normalize(rec.query)
                 if key in self._seen:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
-from evolkit.models.base import Backend, ChatRequest, SamplingParams
+from evolkit.models.base import Backend, ChatRequest, Generation, SamplingParams
 from evolkit.prompts import few_shot, text
 from evolkit.records import Record, make_id
 from evolkit.stages.base import Stage
@@ -100,7 +100,12 @@ class EvolveStage(Stage):
         policy: str = "rotate",
         seed: int = 0,
         params: SamplingParams | None = None,
+        attempts: int = 1,
+        check: Callable[[Record], str | None] | None = None,
     ) -> None:
+        """`check` returns a reason when a rewrite failed; such rows are re-sampled (with
+        another seed) up to `attempts` times in all. The last try is kept either way, so the
+        eliminate stage still sees, and records, a row that never succeeded."""
         unknown = [op for op in operations if op not in OPERATIONS]
         if unknown:
             raise ValueError(f"unknown operation(s) {unknown}; known: {', '.join(OPERATIONS)}")
@@ -110,6 +115,8 @@ class EvolveStage(Stage):
         self.policy = policy
         self.seed = seed
         self.params = params or SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=256)
+        self.attempts = max(1, attempts)
+        self.check = check
 
     def process(self, batch: list[Record]) -> list[Record]:
         ops = [
@@ -123,34 +130,55 @@ class EvolveStage(Stage):
             )
             for p in batch
         ]
-        params = SamplingParams(**{**self.params.__dict__, "seed": self.seed + self.round})
-        requests = [
-            ChatRequest.of(build_messages(op, p.instruction), params)
-            for p, op in zip(batch, ops, strict=True)
-        ]
-        gens = self.evolver.generate(requests)
-        children = []
-        for parent, op, gen in zip(batch, ops, gens, strict=True):
-            children.append(
-                Record(
-                    id=make_id("evol", parent.id, self.round),
-                    instruction=clean_evolution(gen.text),
-                    input=parent.input,
-                    parent_id=parent.id,
-                    round=self.round,
-                    operation=op,
-                    evolver=self.evolver.model_id,
-                    meta={
-                        "seed_index": parent.meta.get("seed_index", 0),
-                        "seed_id": parent.meta.get("seed_id", parent.id),
-                        "parent": {"instruction": parent.instruction, "input": parent.input},
-                        "evolution": {
-                            "raw": gen.text,
-                            "finish_reason": gen.finish_reason,
-                            "tokens": gen.completion_tokens,
-                            "error": gen.error,
-                        },
-                    },
-                )
-            )
-        return children
+        children: list[Record | None] = [None] * len(batch)
+        failed: list[list[dict[str, str]]] = [[] for _ in batch]
+        pending = list(range(len(batch)))
+        for attempt in range(self.attempts):
+            # Greedy tries would repeat themselves: only sampled evolutions are retried.
+            if attempt and self.params.greedy:
+                break
+            seed = self.seed + self.round + 100_003 * attempt
+            params = SamplingParams(**{**self.params.__dict__, "seed": seed})
+            requests = [
+                ChatRequest.of(build_messages(ops[i], batch[i].instruction), params)
+                for i in pending
+            ]
+            gens = self.evolver.generate(requests)
+            still: list[int] = []
+            for i, gen in zip(pending, gens, strict=True):
+                child = self._child(batch[i], ops[i], gen, attempt + 1, failed[i])
+                reason = self.check(child) if self.check else None
+                children[i] = child
+                if reason and attempt + 1 < self.attempts:
+                    failed[i].append({"text": child.instruction, "reason": reason})
+                    still.append(i)
+            pending = still
+            if not pending:
+                break
+        return [c for c in children if c is not None]
+
+    def _child(
+        self, parent: Record, op: str, gen: Generation, attempt: int, failed: list[dict[str, str]]
+    ) -> Record:
+        return Record(
+            id=make_id("evol", parent.id, self.round),
+            instruction=clean_evolution(gen.text),
+            input=parent.input,
+            parent_id=parent.id,
+            round=self.round,
+            operation=op,
+            evolver=self.evolver.model_id,
+            meta={
+                "seed_index": parent.meta.get("seed_index", 0),
+                "seed_id": parent.meta.get("seed_id", parent.id),
+                "parent": {"instruction": parent.instruction, "input": parent.input},
+                "evolution": {
+                    "raw": gen.text,
+                    "finish_reason": gen.finish_reason,
+                    "tokens": gen.completion_tokens,
+                    "error": gen.error,
+                    "attempt": attempt,
+                    "failed_tries": list(failed),
+                },
+            },
+        )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
@@ -358,7 +358,8 @@ def looks_like_instruction(text: str) -> bool:
     """A cheap test that the text asks for something: a question, or an imperative sentence."""
     if "?" in text:
         return True
-    for sentence in re.split(r"(?<=[.!:;])\s+|\n+", text):
+    # Clauses, not just sentences: "To add depth, explain ..." asks for something too.
+    for sentence in re.split(r"(?<=[.!:;,])\s+|\n+", text):
         first = words(sentence.lower())[:3]
         if not first:
             continue
@@ -515,6 +516,24 @@ RESPONSE_RULES: dict[str, RuleFn] = {
     "sorry": rule_sorry,
     "punctuation_stopwords": rule_punctuation_stopwords,
 }
+
+
+def first_failure(
+    rec: Record,
+    rules: Sequence[str],
+    settings: RuleSettings,
+    table: dict[str, RuleFn] | None = None,
+) -> tuple[str, str] | None:
+    """The first enabled rule (in table order) that eliminates `rec`, with its reason."""
+    table = INSTRUCTION_RULES if table is None else table
+    for name, fn in table.items():
+        if name in rules:
+            reason = fn(rec, settings)
+            if reason:
+                return name, reason
+    return None
+
+
 #: Rules that need state or a model; implemented by the eliminate stage itself.
 SPECIAL_RULES = ("duplicate", "no_information_gain")
 ALL_RULES = (*INSTRUCTION_RULES, *SPECIAL_RULES, *RESPONSE_RULES)

@@ -63,9 +63,15 @@ class ValidateVerifiersStage(Stage):
         "meta.function_scores",
     )
 
-    def __init__(self, sandbox: Sandbox, config: CrossValConfig | None = None) -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        config: CrossValConfig | None = None,
+        require_both_labels: bool = True,
+    ) -> None:
         self.sandbox = sandbox
         self.config = config or CrossValConfig()
+        self.require_both_labels = require_both_labels
 
     def process(self, batch: list[Record]) -> list[Record]:
         sets = [
@@ -120,7 +126,20 @@ class ValidateVerifiersStage(Stage):
                     score=info,
                 )
             )
-        if not result.kept:
+        labels = {c.output for c in result.cases}
+        if result.kept and self.require_both_labels and len(labels) < 2:
+            # Cases of one label cannot tell a verifier from `return True` (or False): such a
+            # constraint would "verify" any response. The original had no such check.
+            if labels:
+                only = "True" if labels == {True} else "False"
+                detail = (
+                    f"all {len(result.cases)} kept cases expect {only}, so a function that "
+                    f"always returns {only} passes them too"
+                )
+            else:
+                detail = "no kept case shows what the verifiers accept or reject"
+            done = done.reject("one_sided_cases", detail, STEP_NAME)
+        if done.rejected or not result.kept:
             # A dropped constraint shows every function it came with, kept or not.
             done = slim(done, "accuracy")
             done.meta["functions"] = list(vset.functions)
