@@ -129,6 +129,9 @@ def autoif(
         float, typer.Option(help="With --quality-judge keep scores above this (original: 8 of 10).")
     ] = 8.0,
     max_new_tokens: Annotated[int, typer.Option(help="Max response tokens.")] = 512,
+    repetition_penalty: Annotated[
+        float, typer.Option(help="Responder repetition penalty; 1.0 = plain greedy.")
+    ] = 1.15,
     verifier_max_new_tokens: Annotated[
         int, typer.Option(help="Max tokens of one verifier answer (function + cases).")
     ] = 384,
@@ -173,6 +176,7 @@ def autoif(
         quality_judge=quality_judge,
         quality_threshold=quality_threshold,
         max_new_tokens=max_new_tokens,
+        repetition_penalty=repetition_penalty,
         evolver=_spec(evolver, backend, base_url, api_key, batch_size),
         responder=_spec(responder or evolver, backend, base_url, api_key, batch_size),
         judge=_spec(judge or evolver, backend, base_url, api_key, batch_size),

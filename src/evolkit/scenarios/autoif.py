@@ -92,6 +92,8 @@ class AutoIFConfig:
     quality_judge: bool = False  # original scored quality with a judge; off by default here
     quality_threshold: float = 8.0  # original: keep > 8 (of 10)
     max_new_tokens: int = 512  # response length
+    # as in Evol-Instruct: tiny responders loop into the token limit without a mild penalty
+    repetition_penalty: float = 1.15
     # models and sampling
     evolver: ModelSpec = field(default_factory=ModelSpec)
     responder: ModelSpec = field(default_factory=ModelSpec)
@@ -344,7 +346,14 @@ def _run_steps(
     )
     processed += step.processed
     respond = [
-        RespondStage(responder, SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens)),
+        RespondStage(
+            responder,
+            SamplingParams(
+                temperature=0.0,
+                max_new_tokens=cfg.max_new_tokens,
+                repetition_penalty=cfg.repetition_penalty,
+            ),
+        ),
         VerifyResponsesStage(sandbox, cfg.min_pass_rate, cfg.drop_truncated),
     ]
     if cfg.quality_judge:
