@@ -123,3 +123,9 @@ def test_looks_like_instruction() -> None:
     assert looks_like_instruction("Using the table below, find the largest value.")
     assert looks_like_instruction("Is a tomato a fruit")
     assert not looks_like_instruction("These people are both a police and a detective.")
+
+
+def test_clause_openers_do_not_make_statements_instructions() -> None:
+    assert not looks_like_instruction("In this situation, the stereotype can harm many people.")
+    assert looks_like_instruction("In this situation, explain how the stereotype can harm people.")
+    assert looks_like_instruction("To add depth, explain the idiom 'break a leg'.")

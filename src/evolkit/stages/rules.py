@@ -365,8 +365,8 @@ def looks_like_instruction(text: str) -> bool:
             continue
         if first[0] in INSTRUCTION_VERBS or first[0] in QUESTION_OPENERS:
             return True
-        # "Please write ...", "Using the table, find ...", "Given X, list ...", "I want you to ..."
-        if first[0] in ("please", "using", "given", "based", "for", "in", "with", "now", "then"):
+        # "Please ...", "I want you to ..."; "Using the table, find ..." passes on its 2nd clause.
+        if first[0] == "please":
             return True
         if first[0] in ("i", "we") and len(first) > 1 and first[1] in ("want", "need", "would"):
             return True
