@@ -289,3 +289,21 @@ def test_failed_rewrites_are_resampled_up_to_attempts(tmp_path: Path) -> None:
         backends=backends(evolver=ev1),
     )
     assert ev1.calls == 2 and summary["kept"] == 0
+
+
+def test_overwrite_starts_over_even_with_the_same_config(tmp_path: Path) -> None:
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    out = tmp_path / "run"
+    evolve(seeds, out, EvolConfig(rounds=1), cache=None, progress=False, backends=backends())
+    summary = evolve(
+        seeds,
+        out,
+        EvolConfig(rounds=1),
+        cache=None,
+        progress=False,
+        overwrite=True,
+        backends=backends(),
+    )
+    assert summary["resumed"] is False
+    assert summary["rows_processed_this_invocation"] == len(SEEDS)
+    assert len(read(out / "evolved.jsonl")) + len(read(out / "rejected.jsonl")) == len(SEEDS)

@@ -49,23 +49,22 @@ class RunFolder:
         self.journal_path = self.dir / JOURNAL
         cfg_path = self.dir / CONFIG
         fp = fingerprint(config)
-        if cfg_path.exists():
+        if overwrite and self.dir.exists():
+            # --overwrite always starts over, even when the configuration is unchanged.
+            shutil.rmtree(self.dir)
+        elif cfg_path.exists():
             old = json.loads(cfg_path.read_text())
             if old.get("fingerprint") != fp:
-                if not overwrite:
-                    changed = sorted(
-                        k
-                        for k in set(old.get("config", {})) | set(config)
-                        if old.get("config", {}).get(k) != config.get(k)
-                    )
-                    raise ConfigMismatchError(
-                        f"{self.dir} holds a run with another configuration (changed: "
-                        f"{', '.join(changed) or 'unknown'}); use another -o folder, or "
-                        "--overwrite to replace it"
-                    )
-                shutil.rmtree(self.dir)
-        elif overwrite and self.dir.exists():
-            shutil.rmtree(self.dir)
+                changed = sorted(
+                    k
+                    for k in set(old.get("config", {})) | set(config)
+                    if old.get("config", {}).get(k) != config.get(k)
+                )
+                raise ConfigMismatchError(
+                    f"{self.dir} holds a run with another configuration (changed: "
+                    f"{', '.join(changed) or 'unknown'}); use another -o folder, or "
+                    "--overwrite to replace it"
+                )
         self.dir.mkdir(parents=True, exist_ok=True)
         self.resumed = self.journal_path.exists()
         tmp = cfg_path.with_suffix(".tmp")
