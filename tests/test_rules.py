@@ -129,3 +129,11 @@ def test_clause_openers_do_not_make_statements_instructions() -> None:
     assert not looks_like_instruction("In this situation, the stereotype can harm many people.")
     assert looks_like_instruction("In this situation, explain how the stereotype can harm people.")
     assert looks_like_instruction("To add depth, explain the idiom 'break a leg'.")
+
+
+def test_first_person_chatter_is_not_an_instruction() -> None:
+    rec = child(
+        "Recommend a movie to me. I'm really looking forward to seeing it, I've loved so many."
+    )
+    assert first_failing(rec) == "not_an_instruction"
+    assert first_failing(child("I want a poem about autumn in three stanzas, please.")) is None

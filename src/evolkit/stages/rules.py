@@ -428,8 +428,18 @@ def rule_copies_meta_prompt(rec: Record, s: RuleSettings) -> str | None:
     return None
 
 
+# A sentence where the writer talks about itself ("I'm excited...", "I've loved...") is chatter
+# a small model drifted into; requests phrased in the first person ("I want...") are fine.
+CHATTER = re.compile(
+    r"(?i)(?:^|[.!?]\s+)(i'm|i am|i've|i have|i can't|i was|i love|i'll|i will|i really)\b"
+)
+
+
 def rule_not_an_instruction(rec: Record, s: RuleSettings) -> str | None:
     text = rec.instruction.strip()
+    chatter = CHATTER.search(text)
+    if chatter and not CHATTER.search(_parent_text(rec)):
+        return f"drifts into first-person chatter: {text[chatter.start() :][:40]!r}"
     if ASKS_BACK.search(text):
         return "asks back instead of rewriting"
     if NOT_AN_INSTRUCTION.match(text):
