@@ -120,7 +120,7 @@ def test_already_rejected_rows_are_not_eligible() -> None:
 
 def test_inputs_are_not_modified_and_counts_cover_every_row() -> None:
     rows = [rec(f"r{i}", ic_ifd=i, ifd=0.1 * i) for i in range(12)]
-    res = select(rows, by="ic_ifd", top="25%")  # type: ignore[arg-type]
+    res = select(rows, by="ic_ifd", top="25%")
     assert all(not r.verdicts for r in rows)
     assert len(res.kept) + len(res.removed) == len(rows)
     assert sum(res.counts.values()) == len(res.removed)

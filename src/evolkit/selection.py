@@ -101,15 +101,16 @@ def _rank_key(by: SelectBy) -> Callable[[Record], float | None]:
 def select(
     records: Sequence[Record],
     by: SelectBy = "ic_ifd",
-    top: float | int = 0.25,
+    top: float | str = 0.25,
     drop_ifd_at_or_above: float | None = 1.0,
 ) -> SelectionResult:
     """Keep the top rows by a stored score after the IFD filter; say why each other row went.
 
     Ranking is descending on ``by`` (IC-IFD, IFD, L(Q) or output length); ties are broken by
     record id so the same input always gives the same selection. ``top`` is a fraction of all
-    input rows (0.25) or a row count (1000). ``drop_ifd_at_or_above=None`` turns the IFD filter
-    off - useful for the length baseline on data that was never scored.
+    input rows (0.25), a row count (1000) or a --top string (see :func:`parse_top`).
+    ``drop_ifd_at_or_above=None`` turns the IFD filter off - useful for the length baseline on
+    data that was never scored.
     """
     if by not in SELECT_BY:
         raise ValueError(f"unknown ranking {by!r}: choose one of {', '.join(SELECT_BY)}")
