@@ -147,7 +147,7 @@ def autoif(
     on_bad_record: Annotated[
         OnBad, typer.Option(help="Bad query rows: error stops; skip writes bad_records.jsonl.")
     ] = OnBad.error,
-    batch_size: BatchOpt = 8,
+    batch_size: BatchOpt = 16,
     overwrite: OverwriteOpt = False,
     cache: CacheOpt = None,
     no_cache: NoCacheOpt = False,

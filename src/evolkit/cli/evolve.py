@@ -72,7 +72,7 @@ def evolve(
     on_bad_record: Annotated[
         OnBad, typer.Option(help="error: stop at a bad row; skip: write it to bad_records.jsonl.")
     ] = OnBad.error,
-    batch_size: BatchOpt = 8,
+    batch_size: BatchOpt = 16,
     overwrite: OverwriteOpt = False,
     cache: CacheOpt = None,
     no_cache: NoCacheOpt = False,

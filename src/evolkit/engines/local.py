@@ -48,7 +48,7 @@ def make_progress() -> Progress:
 
 
 class LocalEngine:
-    def __init__(self, batch_size: int = 8, progress: bool = True) -> None:
+    def __init__(self, batch_size: int = 16, progress: bool = True) -> None:
         self.batch_size = max(1, batch_size)
         self.progress = progress
 

@@ -30,7 +30,7 @@ class ModelSpec:
     backend: str = "local"  # "local" | "openai"
     base_url: str | None = None
     api_key: str | None = None
-    batch_size: int = 8
+    batch_size: int = 16
 
 
 class BackendFactory:

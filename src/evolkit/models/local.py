@@ -46,7 +46,7 @@ class LocalBackend(Backend):
     def __init__(
         self,
         model: str = EMBEDDED_NAME,
-        batch_size: int = 8,
+        batch_size: int = 16,
         device: str | None = None,
         dtype: str = "auto",
     ) -> None:

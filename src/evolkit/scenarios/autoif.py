@@ -184,7 +184,7 @@ def autoif(
     config: AutoIFConfig | None = None,
     *,
     overwrite: bool = False,
-    batch_size: int = 8,
+    batch_size: int = 16,
     cache: str | Path | None = "default",
     progress: bool = True,
     backends: Mapping[str, Backend] | None = None,

@@ -68,7 +68,7 @@ def evolve(
     config: EvolConfig | None = None,
     *,
     overwrite: bool = False,
-    batch_size: int = 8,
+    batch_size: int = 16,
     cache: str | Path | None = "default",
     progress: bool = True,
     backends: Mapping[str, Backend] | None = None,
