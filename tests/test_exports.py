@@ -258,3 +258,31 @@ def test_exports_load_with_datasets_json_loader(tmp_path: Path) -> None:
         )
         assert ds.num_rows == 3, fmt
     assert ds[2]["messages"][0] == {"role": "system", "content": "Sys"}
+
+
+def test_cli_export_full_records_round_trip(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from evolkit.cli import app
+    from evolkit.io.readers import read_records
+    from evolkit.records import Record, Verdict
+
+    src = tmp_path / "rows.jsonl"
+    rec = Record(
+        id="r1",
+        instruction="Name a bird.",
+        output="Robin.",
+        parent_id="s1",
+        round=1,
+        operation="deepen",
+        scores={"ifd": 0.7},
+        verdicts=[Verdict(rule="x", kept=True)],
+        meta={"k": [1, 2]},
+    )
+    src.write_text(rec.to_json() + "\n")
+    for fmt, name in (("parquet", "out.parquet"), ("jsonl", "out.jsonl"), ("hf", "out_hf")):
+        res = CliRunner().invoke(
+            app, ["export", str(src), "-o", str(tmp_path / name), "--format", fmt]
+        )
+        assert res.exit_code == 0, res.output
+        assert list(read_records(tmp_path / name)) == [rec]

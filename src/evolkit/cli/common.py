@@ -36,6 +36,9 @@ class ExportFormat(str, Enum):
     alpaca = "alpaca"
     sharegpt = "sharegpt"
     messages = "messages"
+    jsonl = "jsonl"
+    parquet = "parquet"
+    hf = "hf"
 
 
 BackendOpt = Annotated[

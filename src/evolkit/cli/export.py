@@ -20,11 +20,17 @@ def export(
     run: Annotated[Path, typer.Argument(help="A run folder (or a JSONL/Parquet file of records).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="File to write.")],
     format: Annotated[
-        ExportFormat, typer.Option("--format", help="Training format.")
+        ExportFormat,
+        typer.Option(
+            "--format",
+            help="alpaca/sharegpt/messages: training formats; jsonl/parquet/hf: full records "
+            "(lineage, scores, verdicts) as JSONL, Parquet or a saved HF dataset folder.",
+        ),
     ] = ExportFormat.alpaca,
     name: Annotated[str | None, typer.Option(help="Dataset name in dataset_info.json.")] = None,
 ) -> None:
-    """Write training-ready data (Alpaca + LLaMA-Factory entry, ShareGPT, or OpenAI messages)."""
+    """Write training-ready data (Alpaca + LLaMA-Factory entry, ShareGPT, OpenAI messages) or
+    the full records (JSONL, Parquet, HF dataset)."""
     from evolkit.io.exports import export_records
     from evolkit.io.readers import read_records
 
@@ -38,6 +44,13 @@ def export(
             )
         src = found[0]
     records = list(read_records(src))
+    if format.value in ("jsonl", "parquet", "hf"):
+        from evolkit.io.writers import write_hf_dataset, write_jsonl, write_parquet
+
+        writer = {"jsonl": write_jsonl, "parquet": write_parquet, "hf": write_hf_dataset}
+        writer[format.value](records, out)
+        console.print(f"wrote {out} ({len(records)} records)")
+        return
     written = export_records(records, out, format.value, dataset_name=name)
     for p in written:
         console.print(f"wrote {p}")
