@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -51,6 +51,7 @@ def export(
         writer[format.value](records, out)
         console.print(f"wrote {out} ({len(records)} records)")
         return
-    written = export_records(records, out, format.value, dataset_name=name)
+    training_format: Literal["alpaca", "sharegpt", "messages"] = format.value  # type: ignore[assignment]
+    written = export_records(records, out, training_format, dataset_name=name)
     for p in written:
         console.print(f"wrote {p}")
