@@ -72,6 +72,20 @@ def embedded_model_dir() -> Path:
 
 
 def _convert(src: Path, out: Path) -> None:
+
+    # transformers' GGUF loader draws its own tqdm bars under our status line: silence them.
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        _convert_quietly(src, out)
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous
+
+
+def _convert_quietly(src: Path, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
