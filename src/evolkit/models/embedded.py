@@ -72,7 +72,6 @@ def embedded_model_dir() -> Path:
 
 
 def _convert(src: Path, out: Path) -> None:
-
     # transformers' GGUF loader draws its own tqdm bars under our status line: silence them.
     previous = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"
