@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
@@ -84,21 +85,26 @@ QUESTION_OPENERS = frozenset(
 
 
 def looks_like_instruction(text: str) -> bool:
-    """A cheap test that the text asks for something: a question, or an imperative sentence."""
+    """A cheap test that the text asks for something: a question, or an imperative clause.
+
+    Question words count only where a sentence starts ("Which city ..."): inside a sentence they
+    are relative clauses ("..., where we need to find ...") and prove nothing. Imperative verbs
+    count at any clause start ("To add depth, explain ...").
+    """
     if "?" in text:
         return True
-    # Clauses, not just sentences: "To add depth, explain ..." asks for something too.
-    for sentence in re.split(r"(?<=[.!:;,])\s+|\n+", text):
+    for sentence in re.split(r"(?<=[.!:;])\s+|\n+", text):
         first = words(sentence.lower())[:3]
         if not first:
             continue
-        if first[0] in INSTRUCTION_VERBS or first[0] in QUESTION_OPENERS:
-            return True
-        # "Please ...", "I want you to ..."; "Using the table, find ..." passes on its 2nd clause.
-        if first[0] == "please":
+        if first[0] in QUESTION_OPENERS or first[0] == "please":
             return True
         if first[0] in ("i", "we") and len(first) > 1 and first[1] in ("want", "need", "would"):
             return True
+        for clause in re.split(r"(?<=,)\s+", sentence):
+            head = words(clause.lower())[:1]
+            if head and head[0] in INSTRUCTION_VERBS:
+                return True
     return False
 
 
@@ -160,7 +166,8 @@ def rule_copies_meta_prompt(rec: Record, s: RuleSettings) -> str | None:
 # A sentence where the writer talks about itself ("I'm excited...", "I've loved...") is chatter
 # a small model drifted into; requests phrased in the first person ("I want...") are fine.
 CHATTER = re.compile(
-    r"(?i)(?:^|[.!?]\s+)(i'm|i am|i've|i have|i can't|i was|i love|i'll|i will|i really)\b"
+    r"(?i)(?:^|[.!?,;]\s+|\b(?:and|but|so)\s+)"
+    r"(i'm|i am|i've|i have|i can't|i was|i love|i'll|i will|i really)\b"
 )
 
 
@@ -175,6 +182,17 @@ def rule_not_an_instruction(rec: Record, s: RuleSettings) -> str | None:
         return f"reads as a reply, not an instruction: {text[:40]!r}"
     if not looks_like_instruction(text):
         return f"reads as a statement, not a request (no question, no imperative): {text[:40]!r}"
+    return None
+
+
+def rule_repetitive(rec: Record, s: RuleSettings) -> str | None:
+    """Small models loop: the same four words three times over is a loop, not a request."""
+    toks = [w.lower() for w in words(rec.instruction)]
+    grams = Counter(tuple(toks[i : i + 4]) for i in range(len(toks) - 3))
+    if grams:
+        gram, n = grams.most_common(1)[0]
+        if n >= 3:
+            return f"repeats {' '.join(gram)!r} {n} times"
     return None
 
 
@@ -244,6 +262,7 @@ INSTRUCTION_RULES: dict[str, RuleFn] = {
     "truncated": rule_truncated,
     "copies_meta_prompt": rule_copies_meta_prompt,
     "not_an_instruction": rule_not_an_instruction,
+    "repetitive": rule_repetitive,
     "unchanged": rule_unchanged,
     "shrunk": rule_shrunk,
     "too_long": rule_too_long,
