@@ -18,9 +18,10 @@ from evolkit.cli.common import (
     NoCacheOpt,
     OnBad,
     OverwriteOpt,
+    RepetitionPenaltyOpt,
     _cache,
-    _spec,
     app,
+    role_specs,
 )
 from evolkit.console import console
 
@@ -129,9 +130,7 @@ def autoif(
         float, typer.Option(help="With --quality-judge keep scores above this (original: 8 of 10).")
     ] = 8.0,
     max_new_tokens: Annotated[int, typer.Option(help="Max response tokens.")] = 512,
-    repetition_penalty: Annotated[
-        float, typer.Option(help="Responder repetition penalty; 1.0 = plain greedy.")
-    ] = 1.15,
+    repetition_penalty: RepetitionPenaltyOpt = 1.15,
     verifier_max_new_tokens: Annotated[
         int, typer.Option(help="Max tokens of one verifier answer (function + cases).")
     ] = 384,
@@ -157,6 +156,7 @@ def autoif(
     from evolkit.scenarios.autoif import AutoIFConfig
     from evolkit.scenarios.autoif import autoif as run_autoif
 
+    roles = role_specs(evolver, responder, judge, backend, base_url, api_key, batch_size)
     cfg = AutoIFConfig(
         augment_calls=augment_calls,
         per_call=per_call,
@@ -177,9 +177,9 @@ def autoif(
         quality_threshold=quality_threshold,
         max_new_tokens=max_new_tokens,
         repetition_penalty=repetition_penalty,
-        evolver=_spec(evolver, backend, base_url, api_key, batch_size),
-        responder=_spec(responder or evolver, backend, base_url, api_key, batch_size),
-        judge=_spec(judge or evolver, backend, base_url, api_key, batch_size),
+        evolver=roles[0],
+        responder=roles[1],
+        judge=roles[2],
         temperature=temperature,
         top_p=top_p,
         seed=seed,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from evolkit.models import ModelSpec
 
 app = typer.Typer(
     add_completion=False,
@@ -62,12 +65,29 @@ NoCacheOpt = Annotated[
 ]
 
 
-def _spec(model: str, backend: Backend, base_url: str | None, api_key: str | None, batch: int):
+def role_specs(
+    evolver: str,
+    responder: str | None,
+    judge: str | None,
+    backend: Backend,
+    base_url: str | None,
+    api_key: str | None,
+    batch: int,
+) -> tuple[ModelSpec, ModelSpec, ModelSpec]:
+    """Model specs for the evolver, responder and judge roles; unset roles use the evolver."""
     from evolkit.models import ModelSpec
 
-    return ModelSpec(
-        model=model, backend=backend.value, base_url=base_url, api_key=api_key, batch_size=batch
-    )
+    def spec(model: str) -> ModelSpec:
+        return ModelSpec(
+            model=model, backend=backend.value, base_url=base_url, api_key=api_key, batch_size=batch
+        )
+
+    return spec(evolver), spec(responder or evolver), spec(judge or evolver)
+
+
+RepetitionPenaltyOpt = Annotated[
+    float, typer.Option(help="Responder repetition penalty; 1.0 = plain greedy (the paper).")
+]
 
 
 def _cache(cache: Path | None, no_cache: bool) -> str | Path | None:

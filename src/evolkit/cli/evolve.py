@@ -18,9 +18,10 @@ from evolkit.cli.common import (
     OnBad,
     OverwriteOpt,
     Policy,
+    RepetitionPenaltyOpt,
     _cache,
-    _spec,
     app,
+    role_specs,
 )
 from evolkit.console import console
 
@@ -54,9 +55,7 @@ def evolve(
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="Max response tokens (paper: 2048).")] = 512,
-    repetition_penalty: Annotated[
-        float, typer.Option(help="Responder repetition penalty; 1.0 = plain greedy (the paper).")
-    ] = 1.15,
+    repetition_penalty: RepetitionPenaltyOpt = 1.15,
     attempts: Annotated[
         int, typer.Option(help="Tries per evolution when a rewrite fails a cheap rule (1 = once).")
     ] = 3,
@@ -84,13 +83,14 @@ def evolve(
 
     chosen_rules = [r.strip() for r in rules.split(",")] if rules else list(ALL_RULES)
     chosen_rules = [r for r in chosen_rules if r not in set(disable_rule or [])]
+    roles = role_specs(evolver, responder, judge, backend, base_url, api_key, batch_size)
     cfg = EvolConfig(
         rounds=rounds,
         policy=policy.value,
         seed=seed,
-        evolver=_spec(evolver, backend, base_url, api_key, batch_size),
-        responder=_spec(responder or evolver, backend, base_url, api_key, batch_size),
-        judge=_spec(judge or evolver, backend, base_url, api_key, batch_size),
+        evolver=roles[0],
+        responder=roles[1],
+        judge=roles[2],
         temperature=temperature,
         top_p=top_p,
         max_new_tokens=max_new_tokens,
