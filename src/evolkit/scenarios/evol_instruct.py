@@ -172,16 +172,17 @@ def summarize(run: RunFolder, cfg: EvolConfig, n_seeds: int, n_bad: int) -> dict
     rejected, _ = read_jsonl_tolerant(run.rejected_path)
     rounds: dict[int, dict[str, Any]] = {}
     per_op: dict[int, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+    per_rule: dict[int, Counter[str]] = defaultdict(Counter)
     for rows, status in ((kept, "kept"), (rejected, "rejected")):
         for row in rows:
             r = int(row["round"])
             per_op[r][row.get("operation") or "?"][status] += 1
             if status == "rejected":
                 rule = next((v["rule"] for v in row["verdicts"] if not v["kept"]), "?")
-                per_op[r]["_rules"][rule] += 1
+                per_rule[r][rule] += 1
     totals_ops: dict[str, Counter[str]] = defaultdict(Counter)
     for r in sorted(per_op):
-        ops = {k: v for k, v in per_op[r].items() if k != "_rules"}
+        ops = per_op[r]
         n_kept = sum(c["kept"] for c in ops.values())
         n_rej = sum(c["rejected"] for c in ops.values())
         for op, c in ops.items():
@@ -192,7 +193,7 @@ def summarize(run: RunFolder, cfg: EvolConfig, n_seeds: int, n_bad: int) -> dict
             "rejected": n_rej,
             "kept_rate": _rate(n_kept, n_kept + n_rej),
             "by_operation": {op: _op_stats(c) for op, c in sorted(ops.items())},
-            "rejected_by_rule": dict(per_op[r]["_rules"].most_common()),
+            "rejected_by_rule": dict(per_rule[r].most_common()),
         }
     n_kept = sum(x["kept"] for x in rounds.values())
     n_all = sum(x["evolved"] for x in rounds.values())

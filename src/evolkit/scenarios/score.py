@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -143,7 +144,5 @@ def select_run(
             "removed": str(out_dir / "removed.jsonl"),
         },
     }
-    import json
-
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
