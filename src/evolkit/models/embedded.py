@@ -72,39 +72,38 @@ def embedded_model_dir() -> Path:
 
 
 def _convert(src: Path, out: Path) -> None:
-    # transformers' GGUF loader draws its own tqdm bars under our status line: silence them.
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
+    # transformers' GGUF loader draws its own tqdm bars, and tqdm reads TQDM_DISABLE only when
+    # it is first imported, so the bars are silenced by sending them to a buffer instead. A
+    # failure still raises, with its message intact.
+    import contextlib
+    import io
+
+    from evolkit.console import console
+
+    console.print(f"Converting the embedded model once into {out.parent} (about 30 s)...")
+    with contextlib.redirect_stderr(io.StringIO()):
         _convert_quietly(src, out)
-    finally:
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = previous
+    console.print("Embedded model ready.")
 
 
 def _convert_quietly(src: Path, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from evolkit.console import console
-
-    with console.status(f"Converting the embedded model once into {out.parent} (about 30 s)..."):
-        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(
-            str(src.parent), gguf_file=src.name, dtype=torch.float32
-        )
-        config = AutoConfig.from_pretrained(str(src.parent), gguf_file=src.name)
-        if hasattr(config, "quantization_config"):
-            delattr(config, "quantization_config")
-        config.dtype = torch.float32
-        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        missing, unexpected = fresh.load_state_dict(gguf_model.state_dict(), strict=False)
-        # Tied embeddings legitimately lack lm_head.weight in the state dict.
-        missing = [k for k in missing if k != "lm_head.weight"]
-        if missing or unexpected:
-            raise BackendError(f"embedded model conversion mismatch: {missing} {unexpected}")
-        fresh.generation_config = gguf_model.generation_config
-        fresh.save_pretrained(str(out))
-        tok.save_pretrained(str(out))
+    tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        str(src.parent), gguf_file=src.name, dtype=torch.float32
+    )
+    config = AutoConfig.from_pretrained(str(src.parent), gguf_file=src.name)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    config.dtype = torch.float32
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(gguf_model.state_dict(), strict=False)
+    # Tied embeddings legitimately lack lm_head.weight in the state dict.
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise BackendError(f"embedded model conversion mismatch: {missing} {unexpected}")
+    fresh.generation_config = gguf_model.generation_config
+    fresh.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
