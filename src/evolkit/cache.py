@@ -63,8 +63,12 @@ class CachedBackend(Backend):
         self.cache = cache
         self.model_id = inner.model_id
 
+    @property
+    def cache_id(self) -> str:
+        return self.inner.cache_id
+
     def generate(self, requests: Sequence[ChatRequest]) -> list[Generation]:
-        keys = [r.key(self.model_id) for r in requests]
+        keys = [r.key(self.inner.cache_id) for r in requests]
         hits = self.cache.get_many(sorted(set(keys)))
         todo = sorted({k: i for i, k in enumerate(keys) if k not in hits}.items())
         if todo:

@@ -23,10 +23,15 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 512
     seed: int = 0
-    # 1.0 = off. Tiny models loop ("a gentle rain, a gentle rain, ..."); a mild penalty on the
-    # responder keeps their answers from running into the token limit.
-    repetition_penalty: float = 1.0
-    logprobs: bool = False  # also return the top-1 log-probability of each generated token
+    # None = not set: the backend's own behaviour (no penalty locally, nothing sent over HTTP,
+    # since the official OpenAI API rejects the field). Tiny models loop ("a gentle rain, a
+    # gentle rain, ..."); a mild penalty on the responder keeps their answers from running into
+    # the token limit.
+    repetition_penalty: float | None = None
+    # Return the log-probability of each generated token (of the model's raw distribution,
+    # before temperature, top-p or penalties), and the `top_logprobs` most likely alternatives.
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     @property
     def greedy(self) -> bool:
@@ -40,6 +45,9 @@ class ChatRequest:
     messages: tuple[tuple[str, str], ...]
     params: SamplingParams = field(default_factory=SamplingParams)
     prefill: str = ""
+    # A raw text prompt continued as it is, with no chat template (`/v1/completions`); when set,
+    # `messages` and `prefill` are ignored.
+    prompt: str | None = None
 
     @classmethod
     def of(
@@ -51,11 +59,21 @@ class ChatRequest:
         return [{"role": r, "content": c} for r, c in self.messages]
 
     def key(self, model_id: str) -> str:
-        """The cache key: model, conversation, prefill and sampling parameters."""
+        """The cache key: model identity, conversation, prefill and sampling parameters."""
         payload = json.dumps(
-            [model_id, self.messages, self.prefill, asdict(self.params)], ensure_ascii=False
+            [model_id, self.messages, self.prefill, self.prompt, asdict(self.params)],
+            ensure_ascii=False,
         )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def sampling_seed(self) -> int:
+        """The seed this request samples with: its own content plus the run seed in `params`.
+
+        It depends on nothing else (not the model, not its batch-mates), so a row samples the
+        same tokens whatever batch or worker it lands in.
+        """
+        digest = hashlib.sha256(self.key("").encode("ascii")).digest()
+        return int.from_bytes(digest[:8], "little") % (2**63)
 
 
 @dataclass
@@ -64,7 +82,11 @@ class Generation:
     finish_reason: str = "stop"  # "stop" | "length" | "error"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # With SamplingParams.logprobs: per generated token, its text, its log-probability, and
+    # (with top_logprobs > 0) the most likely alternatives as (text, log-probability) pairs.
+    tokens: list[str] | None = None
     token_logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[str, float]]] | None = None
     cached: bool = False
     error: str = ""
 
@@ -83,6 +105,9 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    # Retried calls by cause ("429", "5xx", "timeout", "connection", ...), for progress lines and
+    # summaries: a run that succeeded only after many retries should say so.
+    retries: dict[str, int] = field(default_factory=dict)
 
     def add(self, gen: Generation) -> None:
         self.requests += 1
@@ -96,7 +121,14 @@ class Usage:
 class Backend(ABC):
     """A model that serves generate (and, where it can, score) calls."""
 
+    #: The name recorded in rows (`evolver`, `meta.response.model`).
     model_id: str = "unknown"
+
+    @property
+    def cache_id(self) -> str:
+        """What the call cache keys this model by: it must change whenever the weights do
+        (a local folder's fingerprint, an HTTP server's URL + model name)."""
+        return self.model_id
 
     def __init__(self) -> None:
         self.usage = Usage()

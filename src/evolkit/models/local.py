@@ -81,6 +81,8 @@ class LocalBackend(Backend):
     # -- prompts -----------------------------------------------------------------------------
     def render(self, request: ChatRequest) -> str:
         """The exact text the model continues: chat template plus the assistant prefill."""
+        if request.prompt is not None:
+            return request.prompt
         tok = self.tokenizer
         messages = request.message_dicts()
         if getattr(tok, "chat_template", None):
@@ -126,7 +128,7 @@ class LocalBackend(Backend):
             "return_dict_in_generate": True,
             "output_scores": params.logprobs,
         }
-        if params.repetition_penalty != 1.0:
+        if params.repetition_penalty not in (None, 1.0):
             kwargs["repetition_penalty"] = params.repetition_penalty
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)

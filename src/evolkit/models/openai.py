@@ -341,7 +341,7 @@ class OpenAIBackend(Backend):
             messages.append({"role": "assistant", "content": request.prefill})
             body["continue_final_message"] = True
             body["add_generation_prompt"] = False
-        if params.repetition_penalty != 1.0:
+        if params.repetition_penalty not in (None, 1.0):
             # Not part of the OpenAI API; vLLM, SGLang, llama.cpp server and TGI accept it.
             body["repetition_penalty"] = params.repetition_penalty
         if params.logprobs:
