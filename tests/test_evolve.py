@@ -10,6 +10,7 @@ import pytest
 from evolkit.errors import ConfigMismatchError
 from evolkit.models.base import ChatRequest, Generation
 from evolkit.scenarios.evol_instruct import EvolConfig, evolve
+from evolkit.scenarios.runner import RunIncompleteError
 from evolkit.stages.evolve import OPERATIONS, choose_operation
 from tests.fakes import ScriptedBackend, instruction_of, last_user
 
@@ -221,22 +222,63 @@ def test_call_cache_makes_rerun_free(tmp_path: Path) -> None:
     assert read(tmp_path / "a" / "evolved.jsonl") == read(tmp_path / "b" / "evolved.jsonl")
 
 
-def test_error_generations_are_rejected_not_crashing(tmp_path: Path) -> None:
+def test_failed_calls_are_not_committed_and_a_rerun_redoes_them(tmp_path: Path) -> None:
+    """A call that failed is the run's failure, not the row's: nothing is written as rejected,
+    the run ends with one error naming the cause, and the same command later redoes the rows."""
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     broken = ScriptedBackend(
         lambda r: Generation(text="", finish_reason="error", error="HTTP 400: context too long")
     )
-    evolve(
+    with pytest.raises(RunIncompleteError, match="context too long") as err:
+        evolve(
+            seeds,
+            tmp_path / "run",
+            EvolConfig(rounds=1),
+            cache=None,
+            progress=False,
+            backends=backends(evolver=broken),
+        )
+    assert not (tmp_path / "run" / "rejected.jsonl").exists()
+    assert not (tmp_path / "run" / "evolved.jsonl").exists()
+    assert err.value.summary["failed_calls"]["rows_left_for_next_run"] == len(SEEDS)
+    summary = evolve(
         seeds,
         tmp_path / "run",
         EvolConfig(rounds=1),
         cache=None,
         progress=False,
-        backends=backends(evolver=broken),
+        backends=backends(),
     )
+    assert summary["kept"] + summary["rejected"] == len(SEEDS)
     rejected = read(tmp_path / "run" / "rejected.jsonl")
-    assert len(rejected) == len(SEEDS)
-    assert all("context too long" in r["verdicts"][-1]["detail"] for r in rejected)
+    assert not any("context too long" in v["detail"] for r in rejected for v in r["verdicts"])
+
+
+def test_failed_responses_and_judge_calls_are_redone(tmp_path: Path) -> None:
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    down = ScriptedBackend(lambda r: Generation(text="", finish_reason="error", error="HTTP 500"))
+    for role in ("responder", "judge"):
+        out = tmp_path / role
+        with pytest.raises(RunIncompleteError):
+            evolve(
+                seeds,
+                out,
+                EvolConfig(rounds=1),
+                cache=None,
+                progress=False,
+                backends=backends(**{role: down}),
+            )
+        rejected = read(out / "rejected.jsonl") if (out / "rejected.jsonl").exists() else []
+        # Rows eliminated before the failing call are committed; none is blamed on it.
+        rules = {r["verdicts"][-1]["rule"] for r in rejected}
+        blamed = {"response_empty", "sorry", "punctuation_stopwords", "call_failed"}
+        if role == "judge":
+            blamed.add("no_information_gain")
+        assert rules and not rules & blamed
+        summary = evolve(
+            seeds, out, EvolConfig(rounds=1), cache=None, progress=False, backends=backends()
+        )
+        assert summary["kept"] + summary["rejected"] == len(SEEDS)
 
 
 def test_choose_operation_policies() -> None:

@@ -24,3 +24,7 @@ class ConfigMismatchError(EvolkitError):
 
 class BackendError(EvolkitError):
     """A model backend could not serve a call (server unreachable, model missing, ...)."""
+
+
+class SettingError(EvolkitError, ValueError):
+    """A setting's value is malformed (e.g. `--top abc`); still a ValueError for callers."""

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, cast, get_args
 
+from evolkit.errors import SettingError
 from evolkit.records import Record
 
 SelectBy = Literal["ic_ifd", "ifd", "length", "loss_q"]
@@ -46,7 +47,7 @@ def parse_top(value: str | float) -> float | int:
     fraction in (0, 1]. "100%" and "1.0" keep everything; "1" keeps one row.
     """
     if isinstance(value, bool):
-        raise ValueError("top must be a fraction, a percentage or a row count")
+        raise SettingError("top must be a fraction, a percentage or a row count")
     if isinstance(value, int):
         result: float | int = value
     elif isinstance(value, float):
@@ -61,15 +62,15 @@ def parse_top(value: str | float) -> float | int:
             else:
                 result = int(text)
         except ValueError:
-            raise ValueError(
+            raise SettingError(
                 f"--top {value!r}: give a percentage (25%), a fraction (0.25) or a count (1000)"
             ) from None
     if isinstance(result, int):
         if result < 0:
-            raise ValueError(f"--top {value!r}: a row count cannot be negative")
+            raise SettingError(f"--top {value!r}: a row count cannot be negative")
         return result
     if not (0.0 < result <= 1.0):
-        raise ValueError(f"--top {value!r}: a fraction must be above 0 and at most 1 (100%)")
+        raise SettingError(f"--top {value!r}: a fraction must be above 0 and at most 1 (100%)")
     return result
 
 
@@ -113,7 +114,7 @@ def select(
     data that was never scored.
     """
     if by not in SELECT_BY:
-        raise ValueError(f"unknown ranking {by!r}: choose one of {', '.join(SELECT_BY)}")
+        raise SettingError(f"unknown ranking {by!r}: choose one of {', '.join(SELECT_BY)}")
     top = parse_top(top)
     counts = dict.fromkeys(RULES, 0)
     removed: list[Record] = []
@@ -152,5 +153,5 @@ def select(
 def as_select_by(name: str) -> SelectBy:
     """Validate a --by value from the command line."""
     if name not in SELECT_BY:
-        raise ValueError(f"unknown ranking {name!r}: choose one of {', '.join(SELECT_BY)}")
+        raise SettingError(f"unknown ranking {name!r}: choose one of {', '.join(SELECT_BY)}")
     return cast(SelectBy, name)

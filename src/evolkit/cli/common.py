@@ -1,15 +1,8 @@
-"""Shared pieces of the command line: the typer app, option types and small helpers."""
+"""Shared pieces of the command line: the typer app and small helpers."""
 
 from __future__ import annotations
 
-from enum import Enum
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
-
 import typer
-
-if TYPE_CHECKING:
-    from evolkit.models import ModelSpec
 
 app = typer.Typer(
     add_completion=False,
@@ -17,80 +10,3 @@ app = typer.Typer(
     help="Evolve instruction-tuning data with small language models, and measure what it made.",
     pretty_exceptions_enable=False,
 )
-
-
-class Backend(str, Enum):
-    local = "local"
-    openai = "openai"
-
-
-class OnBad(str, Enum):
-    error = "error"
-    skip = "skip"
-
-
-class Policy(str, Enum):
-    rotate = "rotate"
-    random = "random"
-    fixed = "fixed"
-
-
-class ExportFormat(str, Enum):
-    alpaca = "alpaca"
-    sharegpt = "sharegpt"
-    messages = "messages"
-    jsonl = "jsonl"
-    parquet = "parquet"
-    hf = "hf"
-
-
-BackendOpt = Annotated[
-    Backend, typer.Option(help="Where models run: in-process transformers, or an HTTP server.")
-]
-BaseUrlOpt = Annotated[
-    str | None, typer.Option(help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
-]
-ApiKeyOpt = Annotated[
-    str | None, typer.Option(help="API key for --backend openai (default: $OPENAI_API_KEY).")
-]
-BatchOpt = Annotated[int, typer.Option(help="Rows per batch (and per generate call).")]
-OverwriteOpt = Annotated[
-    bool, typer.Option(help="Replace a run with another configuration in OUT.")
-]
-CacheOpt = Annotated[
-    Path | None, typer.Option(help="Call cache file (default: the per-user evolkit cache).")
-]
-NoCacheOpt = Annotated[
-    bool, typer.Option("--no-cache", help="Do not read or write the call cache.")
-]
-
-
-def role_specs(
-    evolver: str,
-    responder: str | None,
-    judge: str | None,
-    backend: Backend,
-    base_url: str | None,
-    api_key: str | None,
-    batch: int,
-) -> tuple[ModelSpec, ModelSpec, ModelSpec]:
-    """Model specs for the evolver, responder and judge roles; unset roles use the evolver."""
-    from evolkit.models import ModelSpec
-
-    def spec(model: str) -> ModelSpec:
-        return ModelSpec(
-            model=model, backend=backend.value, base_url=base_url, api_key=api_key, batch_size=batch
-        )
-
-    return spec(evolver), spec(responder or evolver), spec(judge or evolver)
-
-
-RepetitionPenaltyOpt = Annotated[
-    float, typer.Option(help="Responder repetition penalty; 1.0 = plain greedy (the paper).")
-]
-
-
-def _cache(cache: Path | None, no_cache: bool) -> str | Path | None:
-    if no_cache:
-        return None
-    return cache if cache is not None else "default"

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
-from evolkit.cli.common import (
-    ExportFormat,
-    app,
-)
+from evolkit.cli.common import app
 from evolkit.console import console
 from evolkit.errors import EvolkitError
+from evolkit.io.exports import RECORD_FORMATS, TRAINING_FORMATS
+from evolkit.runs import EVOLVED, SCORED, SELECTED
+
+ExportFormat = Enum(  # type: ignore[misc]
+    "ExportFormat", {f: f for f in (*TRAINING_FORMATS, *RECORD_FORMATS)}, type=str
+)
 
 
 @app.command()
@@ -26,7 +30,7 @@ def export(
             help="alpaca/sharegpt/messages: training formats; jsonl/parquet/hf: full records "
             "(lineage, scores, verdicts) as JSONL, Parquet or a saved HF dataset folder.",
         ),
-    ] = ExportFormat.alpaca,
+    ] = ExportFormat.alpaca,  # type: ignore[attr-defined]
     name: Annotated[str | None, typer.Option(help="Dataset name in dataset_info.json.")] = None,
 ) -> None:
     """Write training-ready data (Alpaca + LLaMA-Factory entry, ShareGPT, OpenAI messages) or
@@ -36,7 +40,7 @@ def export(
 
     src = run
     if run.is_dir() and not (run / "state.json").exists():
-        candidates = [run / n for n in ("evolved.jsonl", "selected.jsonl", "scored.jsonl")]
+        candidates = [run / n for n in (EVOLVED, SELECTED, SCORED)]
         found = [c for c in candidates if c.exists()]
         if not found:
             raise EvolkitError(
@@ -44,14 +48,14 @@ def export(
             )
         src = found[0]
     records = list(read_records(src))
-    if format.value in ("jsonl", "parquet", "hf"):
+    if format.value in RECORD_FORMATS:
         from evolkit.io.writers import write_hf_dataset, write_jsonl, write_parquet
 
         writer = {"jsonl": write_jsonl, "parquet": write_parquet, "hf": write_hf_dataset}
         writer[format.value](records, out)
-        console.print(f"wrote {out} ({len(records)} records)")
+        console.print(f"wrote {out} ({len(records)} records)", markup=False, highlight=False)
         return
     training_format: Literal["alpaca", "sharegpt", "messages"] = format.value  # type: ignore[assignment]
     written = export_records(records, out, training_format, dataset_name=name)
     for p in written:
-        console.print(f"wrote {p}")
+        console.print(f"wrote {p}", markup=False, highlight=False)

@@ -2,95 +2,60 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Any
 
-import typer
-
-from evolkit.cli.common import OnBad, OverwriteOpt, app
+from evolkit.cli.common import app
+from evolkit.cli.options import Arg, settings_command
 from evolkit.console import console
-from evolkit.errors import EvolkitError
+from evolkit.scenarios.score import ScoreConfig, SelectConfig
 
 
-class Template(str, Enum):
-    plain = "plain"
-    alpaca = "alpaca"
-    chat = "chat"
+def _run_score(cfg: Any, args: dict[str, Any], out: Path) -> None:
+    from evolkit.scenarios.score import score
 
-
-class By(str, Enum):
-    ic_ifd = "ic_ifd"
-    ifd = "ifd"
-    length = "length"
-    loss_q = "loss_q"
-
-
-@app.command()
-def score(
-    input: Annotated[Path, typer.Argument(help="Rows with instruction/input/output (any format).")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Run folder to write (and resume).")],
-    scorer: Annotated[
-        str, typer.Option(help="Scoring model: 'embedded' or a folder.")
-    ] = "embedded",
-    template: Annotated[
-        Template, typer.Option(help="Text layout scored: plain (the paper's), alpaca, chat.")
-    ] = Template.plain,
-    max_length: Annotated[int, typer.Option(help="Tokens per sequence; the tail is cut.")] = 2048,
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
-    limit: Annotated[int | None, typer.Option(help="Score only the first N rows.")] = None,
-    on_bad_record: Annotated[
-        OnBad, typer.Option(help="error: stop at a bad row; skip: write it to bad_records.jsonl.")
-    ] = OnBad.error,
-    overwrite: OverwriteOpt = False,
-) -> None:
-    """Compute L(Q), L(A|Q), L(A), IFD and IC-IFD for every row."""
-    from evolkit.scenarios.score import ScoreConfig
-    from evolkit.scenarios.score import score as run_score
-
-    cfg = ScoreConfig(
-        scorer=scorer,
-        template=template.value,
-        max_length=max_length,
-        batch_size=batch_size,
-        limit=limit,
-        on_bad_record=on_bad_record.value,
-    )
-    summary = run_score(input, out, cfg, overwrite=overwrite)
+    summary = score(args["input"], out, cfg)
     s = summary["scores"]
     console.print(
         f"scored {summary['scored']} rows ({summary['unscorable']} unscorable, "
         f"{summary['truncated']} truncated) at {summary['rows_per_s']} rows/s; "
-        f"mean IFD {s['ifd'].get('mean')}, mean IC-IFD {s['ic_ifd'].get('mean')}"
+        f"mean IFD {s['ifd'].get('mean')}, mean IC-IFD {s['ic_ifd'].get('mean')}",
+        markup=False,
+        highlight=False,
     )
-    console.print(f"[green]scored rows:[/] {summary['outputs']['scored']}")
+    console.print(f"scored rows: {summary['outputs']['scored']}", markup=False, highlight=False)
 
 
-@app.command("select")
-def select_cmd(
-    input: Annotated[Path, typer.Argument(help="A scored run folder or a file of scored rows.")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Folder to write.")],
-    by: Annotated[By, typer.Option(help="Score to rank by (descending).")] = By.ic_ifd,
-    top: Annotated[str, typer.Option(help="How many to keep: '25%', '0.25' or a count.")] = "25%",
-    drop_ifd_at_or_above: Annotated[
-        str,
-        typer.Option(help="Drop rows with IFD at or above this first (paper: 1.0); 'none': off."),
-    ] = "1.0",
-) -> None:
-    """Keep the top rows by a stored score; no model runs."""
+settings_command(
+    app,
+    "score",
+    ScoreConfig,
+    _run_score,
+    args=(Arg("input", "Rows with instruction/input/output (any format)."),),
+    help="Compute L(Q), L(A|Q), L(A), IFD and IC-IFD for every row.",
+)
+
+
+def _run_select(cfg: Any, args: dict[str, Any], out: Path) -> None:
     from evolkit.scenarios.score import select_run
-    from evolkit.selection import parse_top
 
-    limit: float | None = None
-    if drop_ifd_at_or_above.lower() not in ("none", "off", ""):
-        try:
-            limit = float(drop_ifd_at_or_above)
-        except ValueError as exc:
-            raise EvolkitError(
-                f"--drop-ifd-at-or-above: expected a number or 'none', not {drop_ifd_at_or_above!r}"
-            ) from exc
-    summary = select_run(input, out, by=by.value, top=parse_top(top), drop_ifd_at_or_above=limit)
-    console.print(f"kept {summary['kept']} of {summary['rows']} rows by {by.value}")
+    summary = select_run(args["input"], out, cfg)
+    console.print(
+        f"kept {summary['kept']} of {summary['rows']} rows by {summary['by']}",
+        markup=False,
+        highlight=False,
+    )
     for rule, n in summary["removed_by_rule"].items():
-        console.print(f"  removed by {rule}: {n}")
-    console.print(f"[green]selected rows:[/] {summary['outputs']['selected']}")
+        console.print(f"  removed by {rule}: {n}", markup=False, highlight=False)
+    console.print(f"selected rows: {summary['outputs']['selected']}", markup=False, highlight=False)
+
+
+settings_command(
+    app,
+    "select",
+    SelectConfig,
+    _run_select,
+    args=(Arg("input", "A scored run folder or a file of scored rows."),),
+    help="Keep the top rows by a stored score; no model runs.",
+    out_help="Folder to write.",
+)

@@ -2,92 +2,75 @@
 
 Each batch goes through every stage, then is committed to the run folder in one step, so a
 kill at any moment loses at most the batch in flight (and the call cache makes redoing it cheap).
+Stages are set up once per step with resources built once per run, in this process.
 """
 
 from __future__ import annotations
 
-import time
+import copy
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
+from evolkit.engines.base import (
+    Engine,
+    StepResult,
+    commit_outcome,
+    now,
+    run_chain,
+    step_start,
 )
-
-from evolkit.console import console
+from evolkit.engines.base import batches as split
+from evolkit.progress import StepProgress
 from evolkit.records import Record
+from evolkit.resources import Resources, ResourceSpec
 from evolkit.runs import RunFolder
 from evolkit.stages.base import Stage
 
 
-@dataclass
-class StepResult:
-    kept: list[Record]
-    processed: int  # inputs processed by this invocation (not counting resumed ones)
-    skipped: int  # inputs already committed by an earlier invocation
-    seconds: float
+class LocalEngine(Engine):
+    name = "local"
 
-
-def make_progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-
-
-class LocalEngine:
-    def __init__(self, batch_size: int = 16, progress: bool = True) -> None:
-        self.batch_size = max(1, batch_size)
-        self.progress = progress
+    def __init__(self, resources: ResourceSpec, batch_size: int = 16, progress: bool = True):
+        super().__init__(resources, batch_size, progress)
+        self.resources = Resources(resources)
 
     def run(
         self, step: str, stages: Sequence[Stage], inputs: Sequence[Record], run: RunFolder
     ) -> StepResult:
-        """Run `stages` over the inputs not yet committed for `step`; return all kept rows."""
-        done = run.done_inputs(step)
+        todo, skipped = step_start(run, step, inputs)
         previous = run.kept_records(step)
-        for stage in stages:
+        live = [copy.deepcopy(s) for s in stages]  # the caller's specs stay unbound
+        for stage in live:
+            stage.setup(self.resources)
             stage.resume(previous)
-        todo = [r for r in inputs if r.id not in done]
         kept_new: list[Record] = []
-        t0 = time.perf_counter()
-        with make_progress() as bar:
-            task = bar.add_task(
-                step,
-                total=len(inputs),
-                completed=len(inputs) - len(todo),
-                rate="",
-                visible=self.progress,
-            )
-            for start in range(0, len(todo), self.batch_size):
-                batch = todo[start : start + self.batch_size]
-                rows, rejected = list(batch), list[Record]()
-                for stage in stages:
-                    out = stage.process(rows)
-                    rows = [r for r in out if not r.rejected]
-                    rejected.extend(r for r in out if r.rejected)
-                    if not rows:
-                        break
-                run.commit(step, [r.id for r in batch], rows, rejected)
-                kept_new.extend(rows)
-                elapsed = time.perf_counter() - t0
-                n = start + len(batch)
-                bar.update(task, advance=len(batch), rate=f"{n / elapsed:.2f} rows/s")
+        failures: Counter[str] = Counter()
+        processed = failed = 0
+        t0 = now()
+        with StepProgress(step, len(inputs), skipped, enabled=self.progress) as bar:
+            for batch in split(todo, self.batch_size):
+                outcome = run_chain(live, batch)
+                commit_outcome(run, step, outcome)
+                kept_new.extend(outcome.kept)
+                processed += len(outcome.inputs)
+                failed += len(outcome.failed_inputs)
+                failures.update(outcome.failures)
+                bar.advance(len(batch), self.retries())
         return StepResult(
             kept=previous + kept_new,
-            processed=len(todo),
-            skipped=len(inputs) - len(todo),
-            seconds=time.perf_counter() - t0,
+            processed=processed,
+            skipped=skipped,
+            seconds=now() - t0,
+            failed=failed,
+            failures=failures,
         )
+
+    def usage(self) -> dict[str, dict[str, Any]]:
+        return self.resources.usage()
+
+    def sandbox_info(self) -> dict[str, Any] | None:
+        return self.resources.sandbox_info()
+
+    def close(self) -> None:
+        self.resources.close()

@@ -10,14 +10,12 @@ source conversation are restored only while the record still holds that exchange
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal
 
 from evolkit.errors import EvolkitError
 from evolkit.io.readers import (
@@ -27,12 +25,17 @@ from evolkit.io.readers import (
     META_TURNS_ANCHOR,
     turns_anchor,
 )
+from evolkit.io.writers import atomic_text
 from evolkit.records import Record
 
 log = logging.getLogger(__name__)
 
 ExportFormat = Literal["alpaca", "sharegpt", "messages"]
 EXPORT_FORMATS: tuple[str, ...] = ("alpaca", "sharegpt", "messages")
+#: `evolkit export --format` choices: training formats, then full records (lineage, scores,
+#: verdicts) as JSONL, Parquet or a saved HF dataset folder.
+TRAINING_FORMATS = EXPORT_FORMATS
+RECORD_FORMATS: tuple[str, ...] = ("jsonl", "parquet", "hf")
 
 _SHAREGPT_ROLE = {"user": "human", "assistant": "gpt", "system": "system"}
 SHAREGPT_TAGS = {
@@ -91,7 +94,7 @@ def export_dataset(
 
     if format == "messages":
         # JSONL streams: nothing needs to see all rows before the first one is written.
-        with _atomic_text(out) as f:
+        with atomic_text(out) as f:
             for record in trainable:
                 f.write(json.dumps({"messages": _messages(record)}, ensure_ascii=False) + "\n")
                 result.written += 1
@@ -109,7 +112,7 @@ def export_dataset(
                 r.setdefault("system", "")
             if has_history:
                 r.setdefault("history", [])
-        with _atomic_text(out) as f:
+        with atomic_text(out) as f:
             f.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
         entry = _dataset_info_entry(out.name, format, has_system, has_history)
         info_path = out.parent / "dataset_info.json"
@@ -284,21 +287,5 @@ def _merge_dataset_info(path: Path, name: str, entry: dict[str, Any]) -> None:
         if not isinstance(info, dict):
             raise EvolkitError(f"{path}: existing dataset_info.json is not a JSON object")
     info[name] = entry
-    with _atomic_text(path) as f:
+    with atomic_text(path) as f:
         f.write(json.dumps(info, ensure_ascii=False, indent=2) + "\n")
-
-
-@contextlib.contextmanager
-def _atomic_text(path: Path) -> Iterator[TextIO]:
-    """Write a text file beside its final name and rename it into place when complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

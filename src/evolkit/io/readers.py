@@ -713,3 +713,31 @@ def _records(
             break
     if bad and bad_sink is None:
         log.warning("%s: skipped %d bad row(s)", path, bad)
+
+
+def _memory_items(rows: Any) -> Iterator[_Item]:
+    """Rows held in memory: a list of dicts, a `datasets.Dataset` or a pandas DataFrame."""
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns") and hasattr(rows, "iloc"):
+        rows = rows.to_dict(orient="records")  # pandas
+    elif hasattr(rows, "column_names") and hasattr(rows, "with_format"):
+        rows = iter(rows)  # datasets.Dataset yields dicts
+    elif isinstance(rows, Mapping | str | bytes):
+        raise EvolkitError(
+            "input rows: expected a list of dicts, a datasets.Dataset or a pandas DataFrame "
+            f"(or a file path), not a {type(rows).__name__}"
+        )
+    for n, row in enumerate(rows, 1):
+        if isinstance(row, Record):
+            row = row.model_dump(mode="json")
+        yield n, "row", row, None
+
+
+def records_from_rows(
+    rows: Any,
+    *,
+    on_bad: OnBad = "error",
+    bad_sink: Callable[[BadRow], None] | None = None,
+    limit: int | None = None,
+) -> list[Record]:
+    """Records from rows in memory, with the same shapes and checks as `read_records`."""
+    return list(_records("<rows>", _memory_items(rows), False, on_bad, bad_sink, limit))

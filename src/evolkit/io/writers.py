@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 from pydantic_core import to_jsonable_python
 
@@ -169,8 +169,11 @@ def read_jsonl_tolerant(path: str | Path) -> tuple[list[dict[str, Any]], int]:
 
 
 @contextlib.contextmanager
-def _atomic_path(path: Path, *, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling path; rename it over ``path`` only when the body succeeds."""
+def atomic_path(path: Path, *, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it over ``path`` only when the body succeeds.
+
+    The one way evolkit writes a whole file: a reader (or a crash) never sees half of it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     _remove(tmp)
@@ -195,16 +198,40 @@ def _remove(p: Path) -> None:
         p.unlink()
 
 
-def write_jsonl(records: Iterable[Record], path: str | Path) -> int:
-    """Write records as JSONL, atomically; returns the number of records."""
-    n = 0
-    with _atomic_path(Path(path)) as tmp, tmp.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(r.to_json() + "\n")
-            n += 1
+@contextlib.contextmanager
+def atomic_text(path: str | Path) -> Iterator[TextIO]:
+    """A text file to write whole: it replaces `path` (durably) only when the body succeeds."""
+    with atomic_path(Path(path)) as tmp, tmp.open("w", encoding="utf-8") as f:
+        yield f
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_jsonl(records: Iterable[Record | Mapping[str, Any]], path: str | Path) -> int:
+    """Write records (or plain JSON objects) as JSONL, atomically; returns how many."""
+    n = 0
+    with atomic_text(path) as f:
+        for r in records:
+            f.write(_json_line(r))
+            n += 1
     return n
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_text(path) as f:
+        f.write(text)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(to_jsonable_python(obj), indent=2, ensure_ascii=False))
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line durably (the run journal: a batch counts once this returns)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _batches(records: Iterable[Record]) -> Iterator[list[Record]]:
@@ -296,7 +323,7 @@ def write_parquet(records: Iterable[Record], path: str | Path) -> int:
 
     schema = arrow_schema(scores_as_map=True)
     n = 0
-    with _atomic_path(Path(path)) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    with atomic_path(Path(path)) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for batch in _batches(records):
             writer.write_batch(_arrow_batch(batch, schema, True))
             n += len(batch)
@@ -321,6 +348,6 @@ def write_hf_dataset(records: Iterable[Record], path: str | Path) -> int:
     schema = arrow_schema(scores_as_map=False)
     batches = [_arrow_batch(b, schema, False) for b in _batches(records)]
     table = pa.Table.from_batches(batches, schema=schema)
-    with _atomic_path(Path(path), is_dir=True) as tmp:
+    with atomic_path(Path(path), is_dir=True) as tmp:
         datasets.Dataset(table).save_to_disk(str(tmp))
     return table.num_rows

@@ -6,12 +6,18 @@ share one loaded instance, so a laptop never holds two copies of the same weight
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from evolkit.cache import CachedBackend, CallCache
 from evolkit.errors import EvolkitError
 from evolkit.models.base import Backend, ChatRequest, Generation, SamplingParams, Usage
+
+if TYPE_CHECKING:
+    from evolkit.models.scoring import Losses, ScoreItem
 
 __all__ = [
     "Backend",
@@ -20,17 +26,50 @@ __all__ = [
     "Generation",
     "ModelSpec",
     "SamplingParams",
+    "Scorer",
+    "ScorerSpec",
     "Usage",
 ]
 
 
+#: Where models run: in-process transformers, an OpenAI-compatible HTTP server, in-process vLLM.
+BACKENDS = ("local", "openai", "vllm")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
+    """How to reach one model: everything a worker needs to build its backend itself."""
+
     model: str = "embedded"
-    backend: str = "local"  # "local" | "openai"
+    backend: str = "local"  # one of BACKENDS
     base_url: str | None = None
     api_key: str | None = None
     batch_size: int = 16
+    extra_body: str | None = None  # JSON object merged into every HTTP request body
+    timeout: float = 120.0  # seconds per HTTP request
+    concurrency: int = 8  # HTTP requests in flight
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """The scorer role: a model that computes token losses for IFD / IC-IFD."""
+
+    model: str = "embedded"
+    backend: str = "local"
+    template: str = "plain"
+    max_length: int = 2048
+    batch_size: int = 8  # sequences per forward pass
+
+
+class Scorer(Protocol):
+    """What the score stage needs: losses for (instruction, input, output) triples."""
+
+    model_id: str
+    template: Any
+    max_length: int
+    head: Any
+
+    def score(self, items: Sequence[ScoreItem]) -> list[Losses]: ...
 
 
 class BackendFactory:
@@ -39,6 +78,7 @@ class BackendFactory:
     def __init__(self, cache_path: str | Path | None = None) -> None:
         self.cache = CallCache(cache_path) if cache_path else None
         self._backends: dict[ModelSpec, Backend] = {}
+        self._scorers: dict[ScorerSpec, Scorer] = {}
 
     def get(self, spec: ModelSpec) -> Backend:
         if spec not in self._backends:
@@ -64,16 +104,68 @@ class BackendFactory:
                 raise EvolkitError(
                     "--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)"
                 )
+            extra: dict[str, Any] = {}
+            if spec.extra_body:
+                extra["extra_body"] = json.loads(spec.extra_body)
             inner = OpenAIBackend(
-                spec.model, spec.base_url, api_key=spec.api_key, concurrency=max(spec.batch_size, 8)
+                spec.model,
+                spec.base_url,
+                api_key=spec.api_key,
+                concurrency=spec.concurrency,
+                timeout=spec.timeout,
+                **extra,
             )
+        elif spec.backend == "vllm":
+            from evolkit.models.vllm import VLLMBackend
+
+            inner = VLLMBackend(spec.model)
         else:
-            raise EvolkitError(f"unknown backend {spec.backend!r}; use 'local' or 'openai'")
+            raise EvolkitError(
+                f"unknown backend {spec.backend!r}; choose from {', '.join(BACKENDS)}"
+            )
         return CachedBackend(inner, self.cache) if self.cache is not None else inner
 
-    def usage(self) -> dict[str, dict[str, float]]:
+    def scorer(self, spec: ScorerSpec) -> Scorer:
+        """The scorer role; built once per spec like the backends."""
+        if spec not in self._scorers:
+            self._scorers[spec] = self._build_scorer(spec)
+        return self._scorers[spec]
+
+    def adopt_scorer(self, scorer: Scorer) -> Scorer:
+        self._scorers[ScorerSpec(model=f"object:{id(scorer)}")] = scorer
+        return scorer
+
+    def _build_scorer(self, spec: ScorerSpec) -> Scorer:
+        from evolkit.models.scoring import as_template
+
+        if spec.backend == "vllm":
+            from evolkit.models.vllm import VLLMScorer
+
+            return VLLMScorer.load(
+                spec.model, template=as_template(spec.template), max_length=spec.max_length
+            )
+        if spec.backend != "local":
+            raise EvolkitError(
+                f"scoring runs on the local or vllm backend, not {spec.backend!r} "
+                "(an HTTP server does not return prompt token losses)"
+            )
+        from evolkit.models.local import quiet_transformers, resolve_model_path
+        from evolkit.models.scoring import LossScorer
+
+        quiet_transformers()
+        path, model_id = resolve_model_path(spec.model)
+        scorer = LossScorer.load(
+            path,
+            template=as_template(spec.template),
+            max_length=spec.max_length,
+            batch_size=spec.batch_size,
+        )
+        scorer.model_id = model_id
+        return scorer
+
+    def usage(self) -> dict[str, dict[str, Any]]:
         """Token counts per model: fresh calls and cache hits."""
-        out: dict[str, dict[str, float]] = {}
+        out: dict[str, dict[str, Any]] = {}
         for b in self._backends.values():
             inner = b.inner if isinstance(b, CachedBackend) else b
             out[b.model_id] = {
@@ -82,6 +174,7 @@ class BackendFactory:
                 "prompt_tokens": inner.usage.prompt_tokens,
                 "completion_tokens": inner.usage.completion_tokens,
                 "generate_seconds": round(inner.usage.seconds, 2),
+                "retries": dict(inner.usage.retries),
             }
         return out
 

@@ -539,6 +539,8 @@ class LossScorer:
             raise ValueError("batch_size must be at least 1")
         self.model = model.eval()
         self.tokenizer = tokenizer
+        #: The name recorded in rows; `load` sets it from the model folder.
+        self.model_id: str = str(getattr(model.config, "name_or_path", "") or "model")
         self.template: Template = template
         self.max_length = max_length
         self.batch_size = batch_size
@@ -625,7 +627,7 @@ class LossScorer:
         import torch
 
         x = torch.tensor([list(key[:-1])], dtype=torch.long, device=self.device)
-        return self.model(input_ids=x, use_cache=True).past_key_values
+        return returned_cache(self.model(input_ids=x, use_cache=True))
 
     def _run(self, batch: list[_Job], start: int, cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """NLL of every scored token of a batch, with the segment each one belongs to."""
@@ -647,7 +649,7 @@ class LossScorer:
         if cache is not None:
             past = copy.deepcopy(cache)
             past.batch_repeat_interleave(len(batch))
-            kwargs = {"use_cache": True, "past_key_values": past}
+            kwargs = {"use_cache": True, cache_argument(self.model): past}
         return self._nll(x, pos_t, tgt_t, kwargs), segs
 
     def _nll(
@@ -707,6 +709,21 @@ class LossScorer:
             except Exception:
                 pass
         return "full"
+
+
+def cache_argument(model: Any) -> str:
+    """The forward() argument that takes a key/value cache: `cache` from transformers 5.2x
+    (where `past_key_values` warns and is to be removed), `past_key_values` before."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def returned_cache(output: Any) -> Any:
+    """The key/value cache a forward pass returned, under either name."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def as_template(name: str) -> Template:

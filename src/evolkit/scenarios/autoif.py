@@ -20,28 +20,26 @@ complete and never hold a duplicate.
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evolkit.engines.local import LocalEngine
+from evolkit.config import opt
 from evolkit.errors import EvolkitError
 from evolkit.io.readers import BadRow, read_records
 from evolkit.io.writers import read_jsonl_tolerant, write_jsonl
-from evolkit.models import BackendFactory, ModelSpec
 from evolkit.models.base import Backend, SamplingParams
-from evolkit.models.embedded import cache_root
 from evolkit.records import Record, make_id
-from evolkit.runs import RunFolder
-from evolkit.sandbox import Sandbox, SandboxLimits
-from evolkit.scenarios.common import write_bad_rows
+from evolkit.resources import SandboxSpec
+from evolkit.runs import CONSTRAINTS, EVOLVED, STEPS, RunFolder
+from evolkit.sandbox import SandboxLimits
+from evolkit.scenarios.evol_instruct import ResponseSettings
+from evolkit.scenarios.runner import Runner, RunSettings, describe_input
 from evolkit.stages.augment import AugmentStage, ConstraintFilterStage, call_row, unique_seeds
 from evolkit.stages.back_translate import BackTranslateStage
+from evolkit.stages.base import Stage
 from evolkit.stages.compose import DEFAULT_TEMPLATE, ComposeStage
 from evolkit.stages.constraints import CONSTRAINT_ID, KIND, ORIGIN, STEP, constraint_row
 from evolkit.stages.crossval import CrossValConfig
@@ -51,59 +49,90 @@ from evolkit.stages.validate_verifiers import ValidateVerifiersStage
 from evolkit.stages.verify_responses import VerifyResponsesStage
 from evolkit.stages.write_verifiers import WriteVerifiersStage
 
-STEPS = ("augment", "verifiers", "crossval", "backtranslate", "compose", "respond")
-STORE = "steps.jsonl"
+STEP_NAMES = ("augment", "verifiers", "crossval", "backtranslate", "compose", "respond")
+#: Sandbox isolation modes (the `--isolation` choices); "auto" picks the strongest available.
+ISOLATIONS = ("auto", "bwrap", "unshare", "rlimits")
 
 
 @dataclass
-class AutoIFConfig:
+class AutoIFConfig(RunSettings, ResponseSettings):
     """Every setting of an AutoIF run. Defaults are the original AutoIF's values where it had
-    one (noted "original"); everything here is fingerprinted, so changing a setting needs a new
-    run folder (or --overwrite)."""
+    one (noted "original")."""
 
     # step 1: augment
-    augment_calls: int = 100  # original: 100 calls
-    per_call: int = 50  # original: 50 new constraints asked per call
-    include_seeds: bool = True  # seeds join the pool, as in the original
-    limit_seeds: int | None = None  # use only the first N seed constraints
-    constraint_min_chars: int = 10
-    constraint_max_chars: int = 200
-    augment_max_new_tokens: int = 1024
+    augment_calls: int = opt(
+        100, "Augmentation calls (original: 100; try 1-5 on a laptop; 0 = seeds only)."
+    )
+    per_call: int = opt(50, "New constraints asked per call (original: 50).")
+    include_seeds: bool = opt(True, "Verify the seed constraints too, not only the new ones.")
+    limit_seeds: int | None = opt(None, "Use only the first N seed constraints.")
+    constraint_min_chars: int = opt(10, "Drop augmented constraints shorter than this.")
+    constraint_max_chars: int = opt(200, "Drop augmented constraints longer than this.")
+    augment_max_new_tokens: int = opt(1024, "Max tokens of one augmentation answer.")
     # step 2: verifier candidates
-    functions_per_constraint: int = 8  # original K = 8
-    verifier_max_new_tokens: int = 384
+    functions_per_constraint: int = opt(
+        8, "Candidate verifiers per constraint (original K: 8).", flags=("--functions", "-k")
+    )
+    verifier_max_new_tokens: int = opt(384, "Max tokens of one verifier answer (function + cases).")
     # step 3: cross-validation (original values)
-    min_accuracy: float = 0.8
-    min_functions: int = 3
-    min_cases: int = 10
-    require_both_labels: bool = True  # ours: kept cases must include a True and a False
-    sandbox_timeout: float = 2.0  # wall seconds per call
-    sandbox_memory_mb: int = 256
+    min_accuracy: float = opt(
+        0.8, "Keep functions with at least this accuracy on kept cases (original 0.8)."
+    )
+    min_functions: int = opt(3, "Keep constraints with at least this many functions (orig. 3).")
+    min_cases: int = opt(10, "Keep constraints with at least this many cases (orig. 10).")
+    require_both_labels: bool = opt(
+        True,
+        "Drop constraints whose kept cases are all True (or all False): a constant function "
+        "would pass them (not in the original).",
+        bool_flags="--require-both-labels/--allow-one-sided-cases",
+    )
+    sandbox_timeout: float = opt(2.0, "Wall-clock seconds per verifier call in the sandbox.")
+    sandbox_memory_mb: int = opt(256, "Memory limit per verifier call (MB).")
+    sandbox_workers: int = opt(2, "Sandbox worker processes.", fingerprint=False)
+    isolation: str = opt(
+        "auto",
+        "Sandbox isolation: auto picks the strongest that works here.",
+        choices=ISOLATIONS,
+        fingerprint=False,
+    )
     # step 4: back-translation
-    backtranslate_functions: int = 3  # original: the first 3 kept functions
+    backtranslate_functions: int = opt(
+        3, "Kept functions back-translated per constraint (original: 3)."
+    )
     # step 5: compose
-    queries_per_constraint: int = 16  # original: 16
-    query_min_chars: int = 20  # original: first turns of 20-300 characters
-    query_max_chars: int = 300
-    compose_template: str = DEFAULT_TEMPLATE
+    queries_per_constraint: int = opt(
+        16, "Queries paired with each kept constraint (original: 16)."
+    )
+    query_min_chars: int = opt(20, "Use queries of at least this many characters (orig. 20).")
+    query_max_chars: int = opt(300, "Use queries of at most this many characters (orig. 300).")
+    compose_template: str = opt(
+        DEFAULT_TEMPLATE, "How a query and a constraint are joined ({query}, {constraint})."
+    )
     # step 6: respond and verify
-    min_pass_rate: float = 0.0  # original: any pass rate above 0 (see verify_responses)
-    drop_truncated: bool = True
-    quality_judge: bool = False  # original scored quality with a judge; off by default here
-    quality_threshold: float = 8.0  # original: keep > 8 (of 10)
-    max_new_tokens: int = 512  # response length
-    # as in Evol-Instruct: tiny responders loop into the token limit without a mild penalty
-    repetition_penalty: float = 1.15
+    min_pass_rate: float = opt(
+        0.0,
+        "Keep responses passing at least this share of the verifiers; one pass is always "
+        "needed (original: any pass, i.e. 0.0).",
+    )
+    drop_truncated: bool = opt(True, "Drop responses that hit the token limit.")
+    quality_judge: bool = opt(False, "Also score each verified pair with the judge (original: on).")
+    quality_threshold: float = opt(
+        8.0, "With --quality-judge keep scores above this (original: 8 of 10)."
+    )
     # models and sampling
-    evolver: ModelSpec = field(default_factory=ModelSpec)
-    responder: ModelSpec = field(default_factory=ModelSpec)
-    judge: ModelSpec = field(default_factory=ModelSpec)
-    temperature: float = 0.7
-    top_p: float = 0.95
-    seed: int = 0
-    on_bad_record: str = "error"  # for the queries files
+    evolver: str = opt("embedded", "Model writing constraints, verifiers and back-translations.")
+    responder: str | None = opt(
+        None, "Model answering the composed instructions (default: the evolver)."
+    )
+    judge: str | None = opt(
+        None, "Model judging back-translations and quality (default: the evolver)."
+    )
+    temperature: float = opt(0.7, "Sampling temperature for writing.")
+    top_p: float = opt(0.95, "Nucleus sampling for writing.")
+    seed: int = opt(0, "Sampling and query-draw seed.")
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        super().check()
         for name in ("per_call", "functions_per_constraint", "queries_per_constraint"):
             if getattr(self, name) < 1:
                 raise EvolkitError(f"{name} must be at least 1")
@@ -122,14 +151,15 @@ class AutoIFConfig:
     def limits(self) -> SandboxLimits:
         return SandboxLimits(wall_seconds=self.sandbox_timeout, memory_mb=self.sandbox_memory_mb)
 
-    def fingerprint_dict(self, constraints: str | Path, queries: Sequence[str | Path]) -> dict:
-        d = asdict(self)
-        for role in ("evolver", "responder", "judge"):
-            d[role].pop("api_key", None)
-            d[role].pop("batch_size", None)
-        d["constraints_file"] = str(Path(constraints).resolve())
-        d["queries_files"] = [str(Path(q).resolve()) for q in queries]
-        return d
+    def sandbox(self) -> SandboxSpec:
+        return SandboxSpec(self.limits(), self.sandbox_workers, self.isolation)
+
+    def role_models(self) -> dict[str, str]:
+        return {
+            "evolver": self.evolver,
+            "responder": self.responder or self.evolver,
+            "judge": self.judge or self.evolver,
+        }
 
 
 # --------------------------------------------------------------------------- inputs
@@ -181,25 +211,17 @@ def autoif(
     constraints_path: str | Path,
     queries_paths: Sequence[str | Path],
     out: str | Path,
-    config: AutoIFConfig | None = None,
+    config: AutoIFConfig | Mapping[str, Any] | None = None,
     *,
-    overwrite: bool = False,
-    batch_size: int = 16,
-    cache: str | Path | None = "default",
-    progress: bool = True,
     backends: Mapping[str, Backend] | None = None,
-    sandbox_workers: int = 2,
-    isolation: str = "auto",
+    **settings: Any,
 ) -> dict[str, Any]:
     """Run AutoIF into the run folder `out` and return the summary (also in summary.json).
 
-    `backends` maps a role ("evolver", "responder", "judge") to a ready Backend object that
-    replaces that role's model spec (for notebooks and tests). The sandbox settings
-    (`sandbox_workers`, `isolation`) change speed and safety, not results, so they are not
-    part of the run's fingerprint.
+    `settings` are the CLI's option names. `backends` maps a role ("evolver", "responder",
+    "judge") to a ready Backend object that replaces that role's model (notebooks, tests).
     """
-    cfg = config or AutoIFConfig()
-    t_start = time.perf_counter()
+    cfg = AutoIFConfig.make(config, **settings)
     # Read and check every input before any model loads.
     seed_lines = read_seed_constraints(constraints_path)
     seeds, seed_dups = unique_seeds(seed_lines)
@@ -217,38 +239,26 @@ def autoif(
             f"no query of {cfg.query_min_chars}-{cfg.query_max_chars} characters in "
             + ", ".join(map(str, queries_paths))
         )
-    run = RunFolder(
+    roles = {r: cfg.model_spec(m, cfg.batch_size) for r, m in cfg.role_models().items()}
+    with Runner(
+        "autoif",
+        cfg,
         out,
-        cfg.fingerprint_dict(constraints_path, queries_paths),
-        overwrite=overwrite,
-        kept_name=STORE,
-    )
-    write_bad_rows(run, bad)
-
-    cache_path = cache_root() / "calls.sqlite" if cache == "default" else cache
-    factory = BackendFactory(cache_path)
-    try:
-        with Sandbox(cfg.limits(), workers=sandbox_workers, isolation=isolation) as sandbox:
-            given = dict(backends or {})
-            adopted = {id(b): factory.adopt(b) for b in {id(b): b for b in given.values()}.values()}
-
-            def role(name: str, spec: ModelSpec) -> Backend:
-                return adopted[id(given[name])] if name in given else factory.get(spec)
-
-            evolver = role("evolver", cfg.evolver)
-            judge = role("judge", cfg.judge)
-            responder = role("responder", cfg.responder)
-            engine = LocalEngine(batch_size=batch_size, progress=progress)
-            t_work = time.perf_counter()
-            processed = _run_steps(
-                cfg, seeds, queries, run, engine, sandbox, evolver, judge, responder
-            )
-            work_seconds = time.perf_counter() - t_work
-            isolation_text = sandbox.isolation
-            sandbox_mode = sandbox.mode
-        kept_constraints = write_constraints(run.kept_records("backtranslate"), run.dir)
-        evolved = write_jsonl(run.kept_records("respond"), run.dir / "evolved.jsonl")
-        summary = summarize(run, cfg)
+        inputs={
+            "constraints": describe_input(constraints_path),
+            "queries": describe_input(list(queries_paths)),
+        },
+        roles=roles,
+        sandbox=cfg.sandbox(),
+        objects=dict(backends or {}),
+        kept_name=STEPS,
+    ) as run:
+        run.folder.write_bad_rows(bad)
+        _run_steps(run, cfg, seeds, queries)
+        folder = run.folder
+        kept_constraints = write_constraints(folder.kept_records("backtranslate"), folder.dir)
+        evolved = write_jsonl(folder.kept_records("respond"), folder.path(EVOLVED))
+        summary = summarize(folder, cfg)
         summary["seeds"] = {
             "read": len(seed_lines),
             "duplicates": len(seed_dups),
@@ -258,46 +268,42 @@ def autoif(
         summary["kept_constraints"] = kept_constraints
         summary["evolved"] = evolved
         summary["sandbox"] = {
-            "isolation": isolation_text,
-            "mode": sandbox_mode,
-            "workers": sandbox_workers,
+            "workers": cfg.sandbox_workers,
             "limits": cfg.limits().to_dict(),
         }
-        summary["backtranslation"] = {"method": "judge", "judge": judge.model_id}
-        summary["seconds"] = {
-            "total": round(time.perf_counter() - t_start, 2),
-            "work": round(work_seconds, 2),
-        }
-        summary["rows_processed_this_invocation"] = processed
-        summary["resumed"] = run.resumed
-        summary["models"] = factory.usage()
-        summary["outputs"] = {
-            "constraints": str(run.dir / "constraints.jsonl"),
-            "evolved": str(run.dir / "evolved.jsonl"),
-            "rejected": str(run.rejected_path),
-            "steps": str(run.kept_path),
-            "summary": str(run.summary_path),
-        }
-        run.write_summary(summary)
-        return summary
-    finally:
-        factory.close()
+        judged = folder.kept_records("backtranslate")
+        judge_id = next(
+            (
+                str(r.meta["backtranslation"]["judge"])
+                for r in judged
+                if "backtranslation" in r.meta
+            ),
+            cfg.role_models()["judge"],
+        )
+        summary["backtranslation"] = {"method": "judge", "judge": judge_id}
+        result = run.finish(
+            summary,
+            {
+                "constraints": folder.path(CONSTRAINTS),
+                "evolved": folder.path(EVOLVED),
+                "rejected": folder.rejected_path,
+                "steps": folder.kept_path,
+            },
+        )
+        # Which isolation was in force is known only once the sandbox ran (not on a resume
+        # that had nothing left to check).
+        info = result.get("sandbox_in_force")
+        if info:
+            result["sandbox"].update(info)
+            folder.write_summary(result)
+        return result
 
 
 def _run_steps(
-    cfg: AutoIFConfig,
-    seeds: list[str],
-    queries: list[tuple[str, str]],
-    run: RunFolder,
-    engine: LocalEngine,
-    sandbox: Sandbox,
-    evolver: Backend,
-    judge: Backend,
-    responder: Backend,
-) -> int:
-    """Run the six steps in order; returns the number of rows this invocation processed."""
+    run: Runner, cfg: AutoIFConfig, seeds: list[str], queries: list[tuple[str, str]]
+) -> None:
+    """The six steps, in order: each one a list of stages over the previous step's rows."""
     sample = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
-    processed = 0
     pool = (
         [constraint_row(s, "seed", "seed", seed_index=i) for i, s in enumerate(seeds)]
         if cfg.include_seeds
@@ -305,61 +311,34 @@ def _run_steps(
     )
     if cfg.augment_calls > 0:
         params = SamplingParams(**{**sample.__dict__, "max_new_tokens": cfg.augment_max_new_tokens})
-        step = engine.run(
+        pool += run.step(
             "augment",
             [
-                AugmentStage(evolver, seeds, cfg.per_call, params, cfg.seed),
+                AugmentStage(seeds, cfg.per_call, params, cfg.seed),
                 ConstraintFilterStage(seeds, cfg.constraint_min_chars, cfg.constraint_max_chars),
             ],
             [call_row(i) for i in range(cfg.augment_calls)],
-            run,
-        )
-        processed += step.processed
-        pool += step.kept
+        ).kept
     params = SamplingParams(**{**sample.__dict__, "max_new_tokens": cfg.verifier_max_new_tokens})
-    step = engine.run(
-        "verifiers",
-        [WriteVerifiersStage(evolver, cfg.functions_per_constraint, params, cfg.seed)],
-        pool,
-        run,
-    )
-    processed += step.processed
-    step = engine.run(
-        "crossval",
-        [ValidateVerifiersStage(sandbox, cfg.crossval(), cfg.require_both_labels)],
-        step.kept,
-        run,
-    )
-    processed += step.processed
-    step = engine.run(
-        "backtranslate",
-        [BackTranslateStage(evolver, judge, cfg.backtranslate_functions)],
-        step.kept,
-        run,
-    )
-    processed += step.processed
-    step = engine.run(
+    rows = run.step(
+        "verifiers", [WriteVerifiersStage(cfg.functions_per_constraint, params, cfg.seed)], pool
+    ).kept
+    rows = run.step(
+        "crossval", [ValidateVerifiersStage(cfg.crossval(), cfg.require_both_labels)], rows
+    ).kept
+    rows = run.step("backtranslate", [BackTranslateStage(cfg.backtranslate_functions)], rows).kept
+    rows = run.step(
         "compose",
         [ComposeStage(queries, cfg.queries_per_constraint, cfg.seed, cfg.compose_template)],
-        step.kept,
-        run,
-    )
-    processed += step.processed
-    respond = [
-        RespondStage(
-            responder,
-            SamplingParams(
-                temperature=0.0,
-                max_new_tokens=cfg.max_new_tokens,
-                repetition_penalty=cfg.repetition_penalty,
-            ),
-        ),
-        VerifyResponsesStage(sandbox, cfg.min_pass_rate, cfg.drop_truncated),
+        rows,
+    ).kept
+    respond: list[Stage] = [
+        RespondStage(cfg.respond_params()),
+        VerifyResponsesStage(cfg.min_pass_rate, cfg.drop_truncated),
     ]
     if cfg.quality_judge:
-        respond.append(QualityJudgeStage(judge, cfg.quality_threshold))
-    step = engine.run("respond", respond, step.kept, run)
-    return processed + step.processed
+        respond.append(QualityJudgeStage(cfg.quality_threshold))
+    run.step("respond", respond, rows)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -384,20 +363,10 @@ def constraint_export(row: Record) -> dict[str, Any]:
 
 def write_constraints(rows: Iterable[Record], folder: Path) -> int:
     """Write constraints.jsonl atomically (a reader never sees half a file)."""
-    path = folder / "constraints.jsonl"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(constraint_export(row), ensure_ascii=False) + "\n")
-            n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return n
+    return write_jsonl((constraint_export(r) for r in rows), folder / CONSTRAINTS)
 
 
-def step_counts(run: RunFolder, steps: Sequence[str] = STEPS) -> dict[str, dict[str, Any]]:
+def step_counts(run: RunFolder, steps: Sequence[str] = STEP_NAMES) -> dict[str, dict[str, Any]]:
     """Per step: inputs, kept rows, and dropped rows by kind and rule (from the run's files, so
     true across any number of resumes)."""
     journal, _ = read_jsonl_tolerant(run.journal_path)
@@ -452,5 +421,5 @@ def summarize(run: RunFolder, cfg: AutoIFConfig) -> dict[str, Any]:
             "verified_responses": steps["respond"]["kept"],
         },
         "steps": steps,
-        "config": run.config,
+        "config": cfg.fingerprint_dict(),
     }

@@ -10,19 +10,20 @@ written to bad_records.jsonl while the rest goes on.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evolkit.engines.local import LocalEngine
+from evolkit.config import opt
 from evolkit.errors import BadRecordError, EvolkitError
 from evolkit.io.readers import BadRow
 from evolkit.records import Record, make_id
-from evolkit.runs import RunFolder
-from evolkit.sandbox import Sandbox, SandboxLimits
-from evolkit.scenarios.autoif import STORE, step_counts, write_constraints
-from evolkit.scenarios.common import write_bad_rows
+from evolkit.resources import SandboxSpec
+from evolkit.runs import CONSTRAINTS, STEPS
+from evolkit.sandbox import SandboxLimits
+from evolkit.scenarios.autoif import ISOLATIONS, step_counts, write_constraints
+from evolkit.scenarios.runner import Runner, RunSettings, describe_input
 from evolkit.stages.constraints import constraint_key, constraint_row
 from evolkit.stages.crossval import CrossValConfig
 from evolkit.stages.validate_verifiers import STEP_NAME, ValidateVerifiersStage
@@ -102,68 +103,96 @@ def read_verifier_rows(
             yield rec
 
 
+@dataclass
+class CheckConfig(RunSettings):
+    batch_size: int = opt(32, "Constraints per sandbox batch.", fingerprint=False)
+    min_accuracy: float = opt(
+        0.8, "Keep functions with at least this accuracy on kept cases (original 0.8)."
+    )
+    min_functions: int = opt(3, "Keep constraints with at least this many functions (orig. 3).")
+    min_cases: int = opt(10, "Keep constraints with at least this many cases (orig. 10).")
+    require_both_labels: bool = opt(
+        True,
+        "Drop constraints whose kept cases are all True (or all False): a constant function "
+        "would pass them (not in the original).",
+        bool_flags="--require-both-labels/--allow-one-sided-cases",
+    )
+    sandbox_timeout: float = opt(
+        2.0,
+        "Wall-clock seconds per verifier call in the sandbox.",
+        flags=("--sandbox-timeout", "--timeout"),
+    )
+    sandbox_memory_mb: int = opt(256, "Memory limit per verifier call (MB).")
+    sandbox_workers: int = opt(2, "Sandbox worker processes.", fingerprint=False)
+    isolation: str = opt(
+        "auto",
+        "Sandbox isolation: auto picks the strongest that works here.",
+        choices=ISOLATIONS,
+        fingerprint=False,
+    )
+
+    def crossval(self) -> CrossValConfig:
+        return CrossValConfig(
+            min_accuracy=self.min_accuracy,
+            min_functions=self.min_functions,
+            min_cases=self.min_cases,
+        )
+
+    def limits(self) -> SandboxLimits:
+        return SandboxLimits(wall_seconds=self.sandbox_timeout, memory_mb=self.sandbox_memory_mb)
+
+
 def check_verifiers(
     path: str | Path,
     out: str | Path,
-    config: CrossValConfig | None = None,
-    *,
-    on_bad_record: str = "error",
-    require_both_labels: bool = True,
-    limits: SandboxLimits | None = None,
-    overwrite: bool = False,
-    batch_size: int = 32,
-    progress: bool = True,
-    sandbox_workers: int = 2,
-    isolation: str = "auto",
+    config: CheckConfig | Mapping[str, Any] | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Cross-validate every verifier set in `path`; write the run folder `out`; return counts."""
-    cfg = config or CrossValConfig()
-    lim = limits or SandboxLimits()
-    t0 = time.perf_counter()
-    bad: list[BadRow] = []
-    rows = list(read_verifier_rows(path, on_bad_record, bad.append))
-    fingerprint = {
-        "input": str(Path(path).resolve()),
-        "min_accuracy": cfg.min_accuracy,
-        "min_functions": cfg.min_functions,
-        "min_cases": cfg.min_cases,
-        "require_both_labels": require_both_labels,
-        "limits": lim.to_dict(),
-        "on_bad_record": on_bad_record,
-    }
-    run = RunFolder(out, fingerprint, overwrite=overwrite, kept_name=STORE)
-    write_bad_rows(run, bad)
-    with Sandbox(lim, workers=sandbox_workers, isolation=isolation) as sandbox:
-        engine = LocalEngine(batch_size=batch_size, progress=progress)
-        result = engine.run(
-            STEP_NAME, [ValidateVerifiersStage(sandbox, cfg, require_both_labels)], rows, run
+    cfg = CheckConfig.make(config, **settings)
+    with Runner(
+        "check-verifiers",
+        cfg,
+        out,
+        inputs={"input": describe_input(path)},
+        sandbox=SandboxSpec(cfg.limits(), cfg.sandbox_workers, cfg.isolation),
+        kept_name=STEPS,
+    ) as run:
+        bad: list[BadRow] = []
+        rows = list(read_verifier_rows(path, cfg.on_bad_record, bad.append))
+        if cfg.limit is not None:
+            rows = rows[: cfg.limit]
+        run.folder.write_bad_rows(bad)
+        run.bad_records = len(bad)
+        if not rows:
+            raise EvolkitError(f"{path}: no verifier rows to check")
+        result = run.step(
+            STEP_NAME, [ValidateVerifiersStage(cfg.crossval(), cfg.require_both_labels)], rows
         )
-        isolation_text, mode = sandbox.isolation, sandbox.mode
-    kept = write_constraints(result.kept, run.dir)
-    counts = step_counts(run, (STEP_NAME,))[STEP_NAME]
-    rejected = counts["rejected"]
-    summary = {
-        "input_rows": len(rows),
-        "bad_records": len(bad),
-        "kept_constraints": kept,
-        "rejected_constraints": rejected.get("constraint", {}).get("total", 0),
-        "rejected_functions": rejected.get("function", {}).get("total", 0),
-        "functions_kept": sum(len(r.meta.get("functions", [])) for r in result.kept),
-        "rejected": rejected,
-        "sandbox": {"isolation": isolation_text, "mode": mode, "workers": sandbox_workers},
-        "thresholds": {
-            "min_accuracy": cfg.min_accuracy,
-            "min_functions": cfg.min_functions,
-            "min_cases": cfg.min_cases,
-            "require_both_labels": require_both_labels,
-        },
-        "resumed": run.resumed,
-        "seconds": round(time.perf_counter() - t0, 2),
-        "outputs": {
-            "constraints": str(run.dir / "constraints.jsonl"),
-            "rejected": str(run.rejected_path),
-            "summary": str(run.summary_path),
-        },
-    }
-    run.write_summary(summary)
-    return summary
+        kept = write_constraints(result.kept, run.folder.dir)
+        counts = step_counts(run.folder, (STEP_NAME,))[STEP_NAME]
+        rejected = counts["rejected"]
+        summary = {
+            "input_rows": len(rows),
+            "kept_constraints": kept,
+            "rejected_constraints": rejected.get("constraint", {}).get("total", 0),
+            "rejected_functions": rejected.get("function", {}).get("total", 0),
+            "functions_kept": sum(len(r.meta.get("functions", [])) for r in result.kept),
+            "rejected": rejected,
+            "sandbox": {"workers": cfg.sandbox_workers, "limits": cfg.limits().to_dict()},
+            "thresholds": {
+                "min_accuracy": cfg.min_accuracy,
+                "min_functions": cfg.min_functions,
+                "min_cases": cfg.min_cases,
+                "require_both_labels": cfg.require_both_labels,
+            },
+        }
+        out_summary = run.finish(
+            summary,
+            {"constraints": run.folder.path(CONSTRAINTS), "rejected": run.folder.rejected_path},
+        )
+        info = out_summary.get("sandbox_in_force")
+        if info:
+            out_summary["sandbox"].update(info)
+            run.folder.write_summary(out_summary)
+        return out_summary

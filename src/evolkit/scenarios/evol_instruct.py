@@ -6,167 +6,178 @@ kill resumes inside the round it stopped in.
 
 from __future__ import annotations
 
-import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evolkit.engines.local import LocalEngine
+from evolkit.config import opt
+from evolkit.errors import EvolkitError
 from evolkit.io.writers import read_jsonl_tolerant
-from evolkit.models import BackendFactory, ModelSpec
 from evolkit.models.base import Backend, SamplingParams
-from evolkit.models.embedded import cache_root
-from evolkit.records import Record
 from evolkit.runs import RunFolder
-from evolkit.scenarios.common import load_input, write_bad_rows
-from evolkit.stages.eliminate import EliminateStage
-from evolkit.stages.evolve import OPERATIONS, EvolveStage
+from evolkit.scenarios.runner import ModelSettings, Runner, RunSettings, describe_input
+from evolkit.stages.base import Stage
+from evolkit.stages.eliminate import DedupStage, EliminateStage, JudgeStage
+from evolkit.stages.evolve import OPERATIONS, POLICIES, EvolveStage
 from evolkit.stages.respond import RespondStage
-from evolkit.stages.rules import ALL_RULES, RuleSettings, first_failure
+from evolkit.stages.rules import ALL_RULES, RuleSettings
+
+#: The responder's repetition penalty on the local backend when none is set: tiny models loop,
+#: and 1.15 let 6 of 8 SmolLM2-135M answers finish within 256 tokens where plain greedy finished
+#: 4 (docs/evol_instruct.md). Servers get nothing unless the user sets a value.
+LOCAL_REPETITION_PENALTY = 1.15
 
 
 @dataclass
-class EvolConfig:
-    """Every setting of an Evol-Instruct run; all of it except `runtime` is fingerprinted."""
+class ResponseSettings(ModelSettings):
+    """How responses are written (shared by Evol-Instruct, AutoIF and Auto Evol-Instruct)."""
 
-    rounds: int = 2
-    operations: list[str] = field(default_factory=lambda: list(OPERATIONS))
-    policy: str = "rotate"
-    seed: int = 0
-    evolver: ModelSpec = field(default_factory=ModelSpec)
-    responder: ModelSpec = field(default_factory=ModelSpec)
-    judge: ModelSpec = field(default_factory=ModelSpec)
-    temperature: float = 0.7
-    # Tries per evolution: a rewrite failing a cheap instruction rule is re-sampled. 1 = the
-    # original method (one try); the summary reports first-try and final kept rates.
-    attempts: int = 3
-    top_p: float = 0.95
-    evolve_max_new_tokens: int = 160
-    max_new_tokens: int = 512
-    # 1.0 is plain greedy (the paper). Tiny models loop; 1.15 let 6 of 8 SmolLM2-135M answers
-    # finish within 256 tokens where plain greedy finished 4 (docs/evol_instruct.md).
-    repetition_penalty: float = 1.15
-    rules: list[str] = field(default_factory=lambda: list(ALL_RULES))
-    rule_settings: RuleSettings = field(default_factory=RuleSettings)
-    limit: int | None = None
-    on_bad_record: str = "error"
+    max_new_tokens: int = opt(512, "Max response tokens (the paper: 2048).")
+    repetition_penalty: float | None = opt(
+        None,
+        "Responder repetition penalty; 1.0 = plain greedy (the paper). Unset: 1.15 on the "
+        "local backend (tiny models loop), nothing sent to a server.",
+    )
 
-    def fingerprint_dict(self, input_path: str) -> dict[str, Any]:
-        d = asdict(self)
-        for role in ("evolver", "responder", "judge"):
-            d[role].pop("api_key", None)
-            d[role].pop("batch_size", None)
-        d["input"] = str(Path(input_path).resolve())
-        return d
+    def respond_params(self) -> SamplingParams:
+        penalty = self.repetition_penalty
+        if penalty is None and self.backend == "local":
+            penalty = LOCAL_REPETITION_PENALTY
+        return SamplingParams(
+            temperature=0.0, max_new_tokens=self.max_new_tokens, repetition_penalty=penalty
+        )
+
+
+@dataclass
+class EvolConfig(RunSettings, ResponseSettings):
+    """Every setting of an Evol-Instruct run (CLI options and Python keywords alike)."""
+
+    rounds: int = opt(2, "Evolution rounds (the paper: 1 to 3).")
+    operations: list[str] = opt(
+        list(OPERATIONS), "Operations to use (comma-separated).", choices=OPERATIONS, csv=True
+    )
+    policy: str = opt("rotate", "How each row's operation is chosen.", choices=POLICIES)
+    seed: int = opt(0, "Sampling and choice seed.")
+    evolver: str = opt("embedded", "Evolver model: 'embedded', a folder or a model id.")
+    responder: str | None = opt(None, "Responder model (default: the evolver).")
+    judge: str | None = opt(None, "Judge model (default: the evolver).")
+    temperature: float = opt(0.7, "Evolution sampling temperature.")
+    top_p: float = opt(0.95, "Evolution nucleus sampling.")
+    attempts: int = opt(
+        3, "Tries per evolution when a rewrite fails a cheap rule (1 = the original's one try)."
+    )
+    evolve_max_new_tokens: int = opt(160, "Max tokens of one rewrite.")
+    rules: list[str] = opt(
+        list(ALL_RULES),
+        "Elimination rules to apply (comma-separated).",
+        choices=ALL_RULES,
+        csv=True,
+    )
+    disable_rule: list[str] = opt(
+        [], "Switch one rule off (repeatable).", choices=ALL_RULES, multiple=True
+    )
+    rule_settings: RuleSettings = opt(RuleSettings(), "Rule thresholds.", cli=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rule_settings, dict):
+            self.rule_settings = RuleSettings(**self.rule_settings)
+        # One effective rule list, so the fingerprint and a rerun see the same thing.
+        if self.disable_rule:
+            self.rules = [r for r in self.rules if r not in set(self.disable_rule)]
+            self.disable_rule = []
+        super().__post_init__()
+
+    def check(self) -> None:
+        super().check()
+        if self.rounds < 1:
+            raise EvolkitError("rounds must be at least 1")
+        if not self.operations:
+            raise EvolkitError("operations: give at least one operation")
+
+    def role_models(self) -> dict[str, str]:
+        return {
+            "evolver": self.evolver,
+            "responder": self.responder or self.evolver,
+            "judge": self.judge or self.evolver,
+        }
+
+
+def round_stages(cfg: EvolConfig, r: int) -> list[Stage]:
+    """One round of Evol-Instruct: the list of stages, as plain specs."""
+    stages: list[Stage] = [
+        EvolveStage(
+            r,
+            cfg.operations,
+            cfg.policy,
+            cfg.seed,
+            SamplingParams(
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                max_new_tokens=cfg.evolve_max_new_tokens,
+                seed=cfg.seed,
+            ),
+            attempts=cfg.attempts,
+            rules=cfg.rules,
+            rule_settings=cfg.rule_settings,
+        ),
+        EliminateStage(cfg.rules, "instruction", cfg.rule_settings),
+    ]
+    if "duplicate" in cfg.rules:
+        stages.append(DedupStage())
+    if "no_information_gain" in cfg.rules:
+        stages.append(JudgeStage())
+    stages += [
+        RespondStage(cfg.respond_params()),
+        EliminateStage(cfg.rules, "response", cfg.rule_settings),
+    ]
+    return stages
 
 
 def evolve(
-    input_path: str | Path,
+    input_path: Any,
     out: str | Path,
-    config: EvolConfig | None = None,
+    config: EvolConfig | Mapping[str, Any] | None = None,
     *,
-    overwrite: bool = False,
-    batch_size: int = 16,
-    cache: str | Path | None = "default",
-    progress: bool = True,
     backends: Mapping[str, Backend] | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """Run Evol-Instruct from `input_path` into the run folder `out`; return the summary.
+    """Run Evol-Instruct from `input_path` (a file, or rows in memory) into the run folder
+    `out`; return the summary (also in out/summary.json).
 
+    `settings` are the same names as the CLI's options (`rounds=1`, `evolver="m"`, ...).
     `backends` maps a role ("evolver", "responder", "judge") to a ready Backend object, which
-    then replaces the model spec of that role in `config` (for notebooks and tests).
+    then replaces the model of that role (for notebooks and tests).
     """
-    cfg = config or EvolConfig()
-    unknown = [r for r in cfg.rules if r not in ALL_RULES]
-    if unknown:
-        from evolkit.errors import EvolkitError
-
-        raise EvolkitError(f"unknown rule(s) {unknown}; known: {', '.join(ALL_RULES)}")
-    t_start = time.perf_counter()
-    seeds, bad = load_input(input_path, cfg.on_bad_record, cfg.limit)
-    run = RunFolder(out, cfg.fingerprint_dict(str(input_path)), overwrite=overwrite)
-    write_bad_rows(run, bad)
-    for i, rec in enumerate(seeds):
-        rec.meta.setdefault("seed_index", i)
-        rec.meta.setdefault("seed_id", rec.id)
-
-    cache_path = cache_root() / "calls.sqlite" if cache == "default" else cache
-    factory = BackendFactory(cache_path)
-    try:
-        given = dict(backends or {})
-        adopted = {id(b): factory.adopt(b) for b in {id(b): b for b in given.values()}.values()}
-
-        def role(name: str, spec: ModelSpec) -> Backend:
-            return adopted[id(given[name])] if name in given else factory.get(spec)
-
-        evolver = role("evolver", cfg.evolver)
-        responder = role("responder", cfg.responder)
-        judge = role("judge", cfg.judge) if "no_information_gain" in cfg.rules else None
-        engine = LocalEngine(batch_size=batch_size, progress=progress)
-        evolve_params = SamplingParams(
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_new_tokens=cfg.evolve_max_new_tokens,
-            seed=cfg.seed,
-        )
-        respond_params = SamplingParams(
-            temperature=0.0,
-            max_new_tokens=cfg.max_new_tokens,
-            repetition_penalty=cfg.repetition_penalty,
-        )
-
-        def cheap_check(rec: Record) -> str | None:
-            failure = first_failure(rec, cfg.rules, cfg.rule_settings)
-            return f"{failure[0]}: {failure[1]}" if failure else None
-
-        t_work = time.perf_counter()
+    cfg = EvolConfig.make(config, **settings)
+    models = cfg.role_models()
+    roles = {r: cfg.model_spec(m, cfg.batch_size) for r, m in models.items()}
+    with Runner(
+        "evolve",
+        cfg,
+        out,
+        inputs={"input": describe_input(input_path)},
+        roles=roles,
+        objects=dict(backends or {}),
+    ) as run:
+        seeds = run.read(input_path, what="seed")
+        for i, rec in enumerate(seeds):
+            rec.meta.setdefault("seed_index", i)
+            rec.meta.setdefault("seed_id", rec.id)
         parents = seeds
-        processed = 0
         for r in range(1, cfg.rounds + 1):
-            stages = [
-                EvolveStage(
-                    evolver,
-                    r,
-                    cfg.operations,
-                    cfg.policy,
-                    cfg.seed,
-                    evolve_params,
-                    attempts=cfg.attempts,
-                    check=cheap_check,
-                ),
-                EliminateStage(cfg.rules, "instruction", judge, cfg.rule_settings),
-                RespondStage(responder, respond_params),
-                EliminateStage(cfg.rules, "response", None, cfg.rule_settings),
-            ]
-            result = engine.run(f"round-{r}", stages, parents, run)
-            processed += result.processed
-            parents = result.kept
+            parents = run.step(f"round-{r}", round_stages(cfg, r), parents).kept
             if not parents:
                 break
-        work_seconds = time.perf_counter() - t_work
-        summary = summarize(run, cfg, len(seeds), len(bad))
-        summary["seconds"] = {
-            "total": round(time.perf_counter() - t_start, 2),
-            "work": round(work_seconds, 2),
-        }
-        summary["rows_processed_this_invocation"] = processed
-        summary["rows_per_s"] = round(processed / work_seconds, 4) if work_seconds > 0 else None
-        summary["resumed"] = run.resumed
-        summary["models"] = factory.usage()
-        summary["outputs"] = {
-            "evolved": str(run.kept_path),
-            "rejected": str(run.rejected_path),
-            "summary": str(run.summary_path),
-        }
-        run.write_summary(summary)
-        return summary
-    finally:
-        factory.close()
+        summary = summarize(run.folder, cfg, len(seeds))
+        return run.finish(
+            summary,
+            {"evolved": run.folder.kept_path, "rejected": run.folder.rejected_path},
+        )
 
 
-def summarize(run: RunFolder, cfg: EvolConfig, n_seeds: int, n_bad: int) -> dict[str, Any]:
+def summarize(run: RunFolder, cfg: EvolConfig, n_seeds: int) -> dict[str, Any]:
     """Counts per round, operation and rule, computed from the files (true across resumes)."""
     kept, _ = read_jsonl_tolerant(run.kept_path)
     rejected, _ = read_jsonl_tolerant(run.rejected_path)
@@ -197,31 +208,29 @@ def summarize(run: RunFolder, cfg: EvolConfig, n_seeds: int, n_bad: int) -> dict
         }
     n_kept = sum(x["kept"] for x in rounds.values())
     n_all = sum(x["evolved"] for x in rounds.values())
-    tries = Counter(
-        int(row.get("meta", {}).get("evolution", {}).get("attempt", 1)) for row in kept + rejected
-    )
-    first_try_kept = sum(
-        1 for row in kept if int(row.get("meta", {}).get("evolution", {}).get("attempt", 1)) == 1
-    )
-    judge_unparsed = sum(
-        1
-        for row in kept
-        for v in row["verdicts"]
-        if v["rule"] == "no_information_gain" and "unparsed" in v["detail"]
-    )
+    tries = Counter(_attempt(row) for row in kept + rejected)
+    first_try_kept = sum(1 for row in kept if _attempt(row) == 1)
+    judged = [v for row in kept for v in row["verdicts"] if v["rule"] == "no_information_gain"]
     return {
         "seeds": n_seeds,
-        "bad_records": n_bad,
         "rounds": rounds,
         "kept": n_kept,
         "rejected": n_all - n_kept,
         "kept_rate": _rate(n_kept, n_all),
         "kept_rate_by_operation": {op: _op_stats(c) for op, c in sorted(totals_ops.items())},
-        "judge_unparsed_kept": judge_unparsed,
+        "judge": {
+            "judged_kept": len(judged),
+            "unparsed_kept": sum(1 for v in judged if "unparsed" in v["detail"]),
+        },
+        "judge_unparsed_kept": sum(1 for v in judged if "unparsed" in v["detail"]),
         "evolution_attempts": {str(k): v for k, v in sorted(tries.items())},
         "kept_on_first_try": first_try_kept,
-        "config": cfg.fingerprint_dict(str(run.config.get("input", ""))),
+        "config": cfg.fingerprint_dict(),
     }
+
+
+def _attempt(row: dict[str, Any]) -> int:
+    return int(row.get("meta", {}).get("evolution", {}).get("attempt", 1))
 
 
 def _rate(a: int, b: int) -> float | None:

@@ -2,86 +2,98 @@
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evolkit.engines.local import LocalEngine
+from evolkit.config import Settings, opt
+from evolkit.errors import EvolkitError
 from evolkit.io.writers import read_jsonl_tolerant, write_jsonl
+from evolkit.models import ScorerSpec
+from evolkit.models.scoring import TEMPLATES
 from evolkit.records import Record
-from evolkit.runs import RunFolder
-from evolkit.scenarios.common import load_input, write_bad_rows
-from evolkit.selection import SelectBy, select
+from evolkit.runs import REMOVED, SCORED, SELECTED, RunFolder
+from evolkit.scenarios.runner import Runner, RunSettings, describe_input
+from evolkit.selection import SELECT_BY, SelectBy, parse_top, select
+from evolkit.stages.score import ScoreStage
 
 SCORE_NAMES = ("loss_q", "loss_a_given_q", "loss_a", "ifd", "ic_ifd")
+#: Where the scorer runs (an HTTP server returns no prompt token losses).
+SCORER_BACKENDS = ("local", "vllm")
 
 
 @dataclass
-class ScoreConfig:
-    scorer: str = "embedded"
-    template: str = "plain"
-    max_length: int = 2048
-    batch_size: int = 8
-    limit: int | None = None
-    on_bad_record: str = "error"
+class ScoreConfig(RunSettings):
+    batch_size: int = opt(
+        64, "Rows per batch: the unit of progress and checkpoints.", fingerprint=False
+    )
+    scorer: str = opt("embedded", "Scoring model: 'embedded' or a model folder.")
+    backend: str = opt("local", "Where the scorer runs.", choices=SCORER_BACKENDS)
+    template: str = opt(
+        "plain", "Text layout scored: plain (the paper's), alpaca, chat.", choices=TEMPLATES
+    )
+    max_length: int = opt(2048, "Tokens per scored sequence; the tail is cut (and reported).")
+    forward_batch: int = opt(
+        8, "Sequences per forward pass (one row is two sequences).", fingerprint=False
+    )
+
+    def scorer_spec(self) -> ScorerSpec:
+        return ScorerSpec(
+            model=self.scorer,
+            backend=self.backend,
+            template=self.template,
+            max_length=self.max_length,
+            batch_size=self.forward_batch,
+        )
 
 
 def score(
-    input_path: str | Path,
+    input_path: Any,
     out: str | Path,
-    config: ScoreConfig | None = None,
+    config: ScoreConfig | Mapping[str, Any] | None = None,
     *,
-    overwrite: bool = False,
-    rows_per_step: int = 64,
-    progress: bool = True,
+    scorer: Any = None,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """Score every row of `input_path` into `out/scored.jsonl`; return the summary."""
-    from evolkit.models.local import quiet_transformers, resolve_model_path
-    from evolkit.models.scoring import LossScorer
-    from evolkit.stages.score import ScoreStage
-
-    cfg = config or ScoreConfig()
-    records, bad = load_input(input_path, cfg.on_bad_record, cfg.limit)
-    fp = {**asdict(cfg), "input": str(Path(input_path).resolve())}
-    fp.pop("batch_size")
-    run = RunFolder(out, fp, overwrite=overwrite, kept_name="scored.jsonl")
-    write_bad_rows(run, bad)
-    quiet_transformers()
-    path, scorer_id = resolve_model_path(cfg.scorer)
-    t_load = time.perf_counter()
-    scorer = LossScorer.load(
-        path, template=cfg.template, max_length=cfg.max_length, batch_size=cfg.batch_size
-    )
-    load_seconds = time.perf_counter() - t_load
-    engine = LocalEngine(batch_size=rows_per_step, progress=progress)
-    result = engine.run("score", [ScoreStage(scorer, scorer_id)], records, run)
-    rows, _ = read_jsonl_tolerant(run.kept_path)
-    rejected, _ = read_jsonl_tolerant(run.rejected_path)
-    tokens = sum(int(r["meta"].get("scoring", {}).get("n_tokens", 0)) for r in rows)
-    summary: dict[str, Any] = {
-        "rows": len(records),
-        "scored": len(rows),
-        "unscorable": len(rejected),
-        "bad_records": len(bad),
-        "truncated": sum(1 for r in rows if r["meta"].get("scoring", {}).get("truncated")),
-        "tokens": tokens,
-        "scorer": scorer_id,
-        "template": cfg.template,
-        "max_length": cfg.max_length,
-        "head": scorer.head,
-        "seconds": {"load": round(load_seconds, 2), "scoring": round(result.seconds, 2)},
-        "rows_scored_this_invocation": result.processed,
-        "rows_per_s": round(result.processed / result.seconds, 3) if result.seconds > 0 else None,
-        "resumed": run.resumed,
-        "scores": {name: describe([r["scores"].get(name) for r in rows]) for name in SCORE_NAMES},
-        "ifd_at_or_above_1": sum(1 for r in rows if r["scores"].get("ifd", 0) >= 1.0),
-        "outputs": {"scored": str(run.kept_path), "rejected": str(run.rejected_path)},
-    }
-    run.write_summary(summary)
-    return summary
+    """Score every row of `input_path` (a file or rows in memory) into `out/scored.jsonl`;
+    return the summary. `scorer` is a ready scorer object (tests, notebooks)."""
+    if isinstance(scorer, str):  # the setting, given by keyword
+        settings["scorer"] = scorer
+        scorer = None
+    cfg = ScoreConfig.make(config, **settings)
+    with Runner(
+        "score",
+        cfg,
+        out,
+        inputs={"input": describe_input(input_path)},
+        scorer=cfg.scorer_spec(),
+        objects={"scorer": scorer},
+        kept_name=SCORED,
+    ) as run:
+        records = run.read(input_path)
+        run.step("score", [ScoreStage()], records)
+        rows, _ = read_jsonl_tolerant(run.folder.kept_path)
+        rejected, _ = read_jsonl_tolerant(run.folder.rejected_path)
+        info = [r["meta"].get("scoring", {}) for r in rows]
+        summary: dict[str, Any] = {
+            "rows": len(records),
+            "scored": len(rows),
+            "unscorable": len(rejected),
+            "truncated": sum(1 for i in info if i.get("truncated")),
+            "tokens": sum(int(i.get("n_tokens", 0)) for i in info),
+            "scorer": next((i["scorer"] for i in info if "scorer" in i), cfg.scorer),
+            "template": cfg.template,
+            "max_length": cfg.max_length,
+            "head": next((i["head"] for i in info if "head" in i), None),
+            "scores": {n: describe([r["scores"].get(n) for r in rows]) for n in SCORE_NAMES},
+            "ifd_at_or_above_1": sum(1 for r in rows if r["scores"].get("ifd", 0) >= 1.0),
+        }
+        summary["rows_scored_this_invocation"] = run.processed
+        return run.finish(
+            summary, {"scored": run.folder.kept_path, "rejected": run.folder.rejected_path}
+        )
 
 
 def describe(values: list[Any]) -> dict[str, float | int | None]:
@@ -108,41 +120,83 @@ def describe(values: list[Any]) -> dict[str, float | int | None]:
     }
 
 
+@dataclass
+class SelectConfig(Settings):
+    by: str = opt("ic_ifd", "Score to rank by (descending).", choices=SELECT_BY)
+    top: str = opt("25%", "How many to keep: '25%', '0.25' or a count.")
+    drop_ifd_at_or_above: str = opt(
+        "1.0", "Drop rows with IFD at or above this first (the IFD work's rule); 'none': off."
+    )
+
+    def check(self) -> None:
+        super().check()
+        parse_top(self.top)
+        self.ifd_limit()
+
+    def ifd_limit(self) -> float | None:
+        text = str(self.drop_ifd_at_or_above).strip().lower()
+        if text in ("none", "off", ""):
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise EvolkitError(
+                f"--drop-ifd-at-or-above: expected a number or 'none', not {text!r}"
+            ) from None
+
+
 def select_run(
     input_path: str | Path,
     out: str | Path,
-    by: SelectBy = "ic_ifd",
-    top: float | int = 0.25,
-    drop_ifd_at_or_above: float | None = 1.0,
+    config: SelectConfig | Mapping[str, Any] | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """Rank stored scores and keep the top rows; writes selected.jsonl and removed.jsonl."""
+    """Rank stored scores and keep the top rows; writes selected.jsonl and removed.jsonl.
+
+    A selection is cheap, so a rerun always starts over (only evolkit's files are replaced).
+    """
     from evolkit.io.readers import read_records
 
+    if "top" in settings and not isinstance(settings["top"], str):
+        settings["top"] = str(settings["top"])
+    if "drop_ifd_at_or_above" in settings and not isinstance(settings["drop_ifd_at_or_above"], str):
+        value = settings["drop_ifd_at_or_above"]
+        settings["drop_ifd_at_or_above"] = "none" if value is None else str(value)
+    cfg = SelectConfig.make(config, **settings)
     src = Path(input_path)
-    if src.is_dir() and (src / "scored.jsonl").exists():
-        src = src / "scored.jsonl"
+    if src.is_dir() and (src / SCORED).exists():
+        src = src / SCORED
     records: list[Record] = list(read_records(src))
-    result = select(records, by=by, top=top, drop_ifd_at_or_above=drop_ifd_at_or_above)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(result.kept, out_dir / "selected.jsonl")
-    write_jsonl(result.removed, out_dir / "removed.jsonl")
-    summary = {
-        "input": str(src),
-        "rows": len(records),
-        "by": by,
-        "top": top,
-        "drop_ifd_at_or_above": drop_ifd_at_or_above,
-        "kept": len(result.kept),
-        "removed": len(result.removed),
-        "removed_by_rule": result.counts,
-        "kept_scores": {by: describe([r.scores.get(by) for r in result.kept])}
-        if by != "length"
-        else {},
-        "outputs": {
-            "selected": str(out_dir / "selected.jsonl"),
-            "removed": str(out_dir / "removed.jsonl"),
-        },
-    }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    by: SelectBy = cfg.by  # type: ignore[assignment]
+    top = parse_top(cfg.top)
+    limit = cfg.ifd_limit()
+    result = select(records, by=by, top=top, drop_ifd_at_or_above=limit)
+    with RunFolder(
+        out,
+        {**cfg.fingerprint_dict(), "input": str(src.resolve())},
+        overwrite=True,
+        kept_name=SELECTED,
+        command="select",
+        settings={**cfg.to_dict(), "inputs": {"input": str(src.resolve())}},
+    ) as folder:
+        write_jsonl(result.kept, folder.path(SELECTED))
+        write_jsonl(result.removed, folder.path(REMOVED))
+        summary = {
+            "input": str(src),
+            "rows": len(records),
+            "by": by,
+            "top": top,
+            "drop_ifd_at_or_above": limit,
+            "kept": len(result.kept),
+            "removed": len(result.removed),
+            "removed_by_rule": result.counts,
+            "kept_scores": {by: describe([r.scores.get(by) for r in result.kept])}
+            if by != "length"
+            else {},
+            "outputs": {
+                "selected": str(folder.path(SELECTED)),
+                "removed": str(folder.path(REMOVED)),
+            },
+        }
+        folder.write_summary(summary)
     return summary

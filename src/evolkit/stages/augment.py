@@ -17,8 +17,8 @@ from typing import ClassVar
 
 from evolkit.models.base import Backend, ChatRequest, SamplingParams
 from evolkit.prompts import few_shot
-from evolkit.records import Record
-from evolkit.stages.base import Stage
+from evolkit.records import Record, make_id
+from evolkit.stages.base import Stage, call_failed, failed_call
 from evolkit.stages.constraints import (
     KIND,
     STEP,
@@ -40,7 +40,7 @@ _CHATTER = re.compile(
 def call_row(index: int) -> Record:
     """The input row of augmentation call `index`."""
     return Record(
-        id=step_id(STEP_NAME, "call", index),
+        id=step_id("call", index),
         instruction=f"augmentation call {index}",
         meta={KIND: "call", STEP: STEP_NAME, "call_index": index},
     )
@@ -73,10 +73,11 @@ class AugmentStage(Stage):
     name = STEP_NAME
     inputs: ClassVar[tuple[str, ...]] = ("meta.call_index",)
     outputs: ClassVar[tuple[str, ...]] = ("instruction", "evolver", "meta.constraint_id")
+    roles: ClassVar[tuple[str, ...]] = ("evolver",)
+    evolver: Backend
 
     def __init__(
         self,
-        evolver: Backend,
         seeds: Sequence[str],
         per_call: int = 50,
         params: SamplingParams | None = None,
@@ -84,7 +85,6 @@ class AugmentStage(Stage):
     ) -> None:
         if not seeds:
             raise ValueError("augmentation needs at least one seed constraint")
-        self.evolver = evolver
         self.seeds = list(seeds)
         self.per_call = per_call
         self.params = params or SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=1024)
@@ -105,10 +105,8 @@ class AugmentStage(Stage):
         out: list[Record] = []
         for row, gen in zip(batch, self.evolver.generate(requests), strict=True):
             i = int(row.meta["call_index"])
-            if gen.finish_reason == "error":
-                out.append(
-                    row.reject("model_error", gen.error[:300] or "the call failed", STEP_NAME)
-                )
+            if failed_call(gen):
+                out.append(call_failed(row, gen, STEP_NAME, "augmentation call"))
                 continue
             items = parse_constraint_list(gen.text, truncated=gen.finish_reason == "length")
             if not items:
@@ -124,7 +122,7 @@ class AugmentStage(Stage):
                 c = constraint_row(
                     text, STEP_NAME, "augment", evolver=self.evolver.model_id, call_index=i
                 )
-                out.append(c.model_copy(update={"id": step_id(STEP_NAME, "call", i, j)}))
+                out.append(c.model_copy(update={"id": make_id(row.id, j), "parent_id": row.id}))
         return out
 
 
@@ -146,6 +144,8 @@ class ConstraintFilterStage(Stage):
     name = "augment-filter"
     inputs: ClassVar[tuple[str, ...]] = ("instruction",)
     outputs: ClassVar[tuple[str, ...]] = ("verdicts",)
+    # What counts as a duplicate depends on every row kept before, in order.
+    partitionable: ClassVar[bool] = False
 
     def __init__(self, known: Sequence[str] = (), min_chars: int = 10, max_chars: int = 200):
         self.min_chars = min_chars

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from evolkit.models.base import Backend, ChatRequest, SamplingParams
 from evolkit.records import Record
-from evolkit.stages.base import Stage
+from evolkit.stages.base import Stage, call_failed, failed_call
 from evolkit.stages.constraints import advance
 from evolkit.stages.few_shot import few_shot_messages
 
@@ -54,17 +54,16 @@ class BackTranslateStage(Stage):
     name = STEP_NAME
     inputs: ClassVar[tuple[str, ...]] = ("instruction", "meta.functions")
     outputs: ClassVar[tuple[str, ...]] = ("meta.backtranslation",)
+    roles: ClassVar[tuple[str, ...]] = ("evolver", "judge")
+    evolver: Backend
+    judge: Backend
 
     def __init__(
         self,
-        describer: Backend,
-        judge: Backend,
         n_functions: int = 3,
         describe_params: SamplingParams | None = None,
         judge_params: SamplingParams | None = None,
     ) -> None:
-        self.describer = describer
-        self.judge = judge
         self.n_functions = n_functions
         self.describe_params = describe_params or SamplingParams(max_new_tokens=64)
         self.judge_params = judge_params or SamplingParams(max_new_tokens=6)
@@ -76,7 +75,8 @@ class BackTranslateStage(Stage):
             ChatRequest.of(few_shot_messages("autoif_backtranslate", src), self.describe_params)
             for _, src in flat
         ]
-        descriptions = [clean_description(g.text) for g in self.describer.generate(describe)]
+        described = self.evolver.generate(describe)
+        descriptions = [clean_description(g.text) for g in described]
         judge_requests = [
             ChatRequest.of(
                 few_shot_messages(
@@ -92,13 +92,20 @@ class BackTranslateStage(Stage):
         k = 0
         for row, funcs in zip(batch, picked, strict=True):
             items: list[dict[str, Any]] = []
+            broken = None
             for i in range(len(funcs)):
                 desc = descriptions[k]
+                gen = described[k]
                 k += 1
+                if failed_call(gen):
+                    broken = broken or gen
                 if not desc:
                     items.append({"function_index": i, "description": "", "label": None})
                     continue
-                answer = next(judged).text.strip()
+                judgement = next(judged)
+                if failed_call(judgement):
+                    broken = broken or judgement
+                answer = judgement.text.strip()
                 items.append(
                     {
                         "function_index": i,
@@ -107,10 +114,13 @@ class BackTranslateStage(Stage):
                         "judge_answer": answer[:80],
                     }
                 )
+            if broken is not None:
+                out.append(call_failed(row, broken, STEP_NAME, "back-translation call"))
+                continue
             info = {
                 "method": "judge",
                 "judge": self.judge.model_id,
-                "describer": self.describer.model_id,
+                "describer": self.evolver.model_id,
                 "functions_checked": len(funcs),
                 "items": items,
             }

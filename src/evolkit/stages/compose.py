@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from evolkit.records import Record
 from evolkit.stages.base import Stage
-from evolkit.stages.constraints import CONSTRAINT_ID, KIND, ORIGIN, STEP, step_id
+from evolkit.stages.constraints import CONSTRAINT_ID, KIND, ORIGIN, STEP, child_id
 
 STEP_NAME = "compose"
 DEFAULT_TEMPLATE = "{query}\n\n{constraint}"
@@ -54,7 +54,7 @@ class ComposeStage(Stage):
             for qid, query in rng.sample(self.queries, n):
                 out.append(
                     Record(
-                        id=step_id(STEP_NAME, cid, qid),
+                        id=child_id(row, STEP_NAME, qid),
                         instruction=self.template.format(query=query, constraint=row.instruction),
                         parent_id=row.id,
                         operation="autoif",

@@ -3,9 +3,9 @@
 AutoIF moves constraints (and later query + constraint pairs) through six steps. Each is an
 ordinary `Record` so the run folder, engine and rejects file work unchanged: the constraint text
 is the instruction and `meta` carries what the steps add (candidate functions, test cases,
-accuracy, back-translations). Every step gives its output rows fresh ids derived from the step
-name and the constraint's identity, because one run folder stores the rows of all steps and an
-id must name exactly one row in it.
+accuracy, back-translations). A stage gives its output rows fresh ids derived from the id of the
+row they came from and the stage's own name (lineage, not the scenario's step names), because
+one run folder stores the rows of all steps and an id must name exactly one row in it.
 """
 
 from __future__ import annotations
@@ -32,8 +32,13 @@ def constraint_id(text: str) -> str:
 
 
 def step_id(step: str, *parts: Any) -> str:
-    """The id of a row a step writes; unique per step so rows of different steps never clash."""
+    """The id of a row that starts a chain (a seed constraint, an augmentation call)."""
     return make_id("autoif", step, *parts)
+
+
+def child_id(parent: Record, stage: str, *parts: Any) -> str:
+    """The id of a row `stage` makes from `parent`: unique per parent, stage and part."""
+    return make_id(parent.id, stage, *parts)
 
 
 def constraint_row(
@@ -51,10 +56,9 @@ def constraint_row(
 
 def advance(row: Record, step: str, **meta: Any) -> Record:
     """The same constraint, as the output row of `step`, with `meta` added or replaced."""
-    cid = row.meta[CONSTRAINT_ID]
     return row.model_copy(
         update={
-            "id": step_id(step, cid),
+            "id": child_id(row, step),
             "parent_id": row.id,
             "meta": {**row.meta, STEP: step, **meta},
         }
@@ -71,7 +75,7 @@ def function_row(
     """
     cid = parent.meta[CONSTRAINT_ID]
     row = Record(
-        id=step_id(step, cid, "function", index),
+        id=child_id(parent, step, "function", index),
         instruction=parent.instruction,
         parent_id=parent.id,
         operation=parent.operation,

@@ -9,7 +9,7 @@ from typing import ClassVar
 from evolkit.models.base import Backend, ChatRequest, SamplingParams
 from evolkit.prompts import few_shot
 from evolkit.records import Record, Verdict
-from evolkit.stages.base import Stage
+from evolkit.stages.base import Stage, call_failed, failed_call
 from evolkit.stages.rules import (
     INSTRUCTION_RULES,
     RESPONSE_RULES,
@@ -41,83 +41,113 @@ def parse_equal(answer: str) -> bool | None:
 
 
 class EliminateStage(Stage):
-    """Run the enabled rules; `phase` picks instruction rules or response rules."""
+    """Run the enabled cheap rules; `phase` picks instruction rules or response rules."""
 
     name = "eliminate"
-    inputs: ClassVar[tuple[str, ...]] = ("instruction", "output", "meta.parent")
+    inputs: ClassVar[tuple[str, ...]] = ("instruction", "input", "output", "operation", "meta")
     outputs: ClassVar[tuple[str, ...]] = ("verdicts",)
 
     def __init__(
-        self,
-        rules: Sequence[str],
-        phase: str = "instruction",
-        judge: Backend | None = None,
-        settings: RuleSettings | None = None,
+        self, rules: Sequence[str], phase: str = "instruction", settings: RuleSettings | None = None
     ) -> None:
         table = INSTRUCTION_RULES if phase == "instruction" else RESPONSE_RULES
         self.phase = phase
-        self.name = f"eliminate:{phase}"  # type: ignore[misc]
+        self.label = f"eliminate:{phase}"
         self.rules = [r for r in rules if r in table]
-        self.dedup = phase == "instruction" and "duplicate" in rules
-        self.judge = judge if (phase == "instruction" and "no_information_gain" in rules) else None
         self.settings = settings or RuleSettings()
         self._table = table
-        self._seen: set[str] = set()
-
-    def resume(self, kept: Sequence[Record]) -> None:
-        if self.dedup:
-            self._seen.update(normalize(r.query) for r in kept)
 
     def process(self, batch: list[Record]) -> list[Record]:
         out: list[Record] = []
         for rec in batch:
             failure = first_failure(rec, self.rules, self.settings, self._table)
-            if failure:
-                rec = rec.reject(*failure, self.name)
-            if not rec.rejected and self.dedup:
-                key = normalize(rec.query)
-                if key in self._seen:
-                    rec = rec.reject("duplicate", "same text as another row of this run", self.name)
-                else:
-                    self._seen.add(key)
-            out.append(rec)
-        if self.judge is not None:
-            out = self._judge(out)
+            out.append(rec.reject(*failure, self.label) if failure else rec)
         return out
 
-    def _judge(self, batch: list[Record]) -> list[Record]:
-        assert self.judge is not None
-        todo = [i for i, r in enumerate(batch) if not r.rejected]
+
+class DedupStage(Stage):
+    """The `duplicate` rule: a row whose text another row of this run already has.
+
+    It must see every row of the step in input order (the first occurrence is kept whatever the
+    batching), so engines run it in one place and tell it what earlier runs kept.
+    """
+
+    name = "dedup"
+    inputs: ClassVar[tuple[str, ...]] = ("instruction", "input")
+    outputs: ClassVar[tuple[str, ...]] = ("verdicts",)
+    partitionable: ClassVar[bool] = False
+    label = "eliminate:instruction"
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def resume(self, kept: Sequence[Record]) -> None:
+        self._seen.update(normalize(r.query) for r in kept)
+
+    def process(self, batch: list[Record]) -> list[Record]:
+        out: list[Record] = []
+        for rec in batch:
+            key = normalize(rec.query)
+            if key in self._seen:
+                rec = rec.reject("duplicate", "same text as another row of this run", self.label)
+            else:
+                self._seen.add(key)
+            out.append(rec)
+        return out
+
+
+class JudgeStage(Stage):
+    """The `no_information_gain` rule: the judge model compares a rewrite with its parent.
+
+    A judge call that fails leaves the row undone (redone next run) instead of keeping it
+    unjudged: a failing judge must not switch the rule off silently.
+    """
+
+    name = "judge"
+    inputs: ClassVar[tuple[str, ...]] = ("instruction", "meta.parent")
+    outputs: ClassVar[tuple[str, ...]] = ("verdicts",)
+    roles: ClassVar[tuple[str, ...]] = ("judge",)
+    label = "eliminate:instruction"
+    judge: Backend
+
+    def process(self, batch: list[Record]) -> list[Record]:
         params = SamplingParams(temperature=0.0, max_new_tokens=6)
         requests = [
             ChatRequest.of(
-                judge_messages(str(batch[i].meta["parent"]["instruction"]), batch[i].instruction),
-                params,
+                judge_messages(str(r.meta["parent"]["instruction"]), r.instruction), params
             )
-            for i in todo
+            for r in batch
         ]
-        for i, gen in zip(todo, self.judge.generate(requests), strict=True):
-            rec = batch[i]
+        out: list[Record] = []
+        for rec, gen in zip(batch, self.judge.generate(requests), strict=True):
+            if failed_call(gen):
+                out.append(call_failed(rec, gen, self.label, "judge call"))
+                continue
             verdict = parse_equal(gen.text)
             if verdict is True:
-                batch[i] = rec.reject(
-                    "no_information_gain",
-                    f"judge {self.judge.model_id} says equal to parent: {gen.text.strip()[:40]!r}",
-                    self.name,
+                out.append(
+                    rec.reject(
+                        "no_information_gain",
+                        f"judge {self.judge.model_id} says equal to parent: "
+                        f"{gen.text.strip()[:40]!r}",
+                        self.label,
+                    )
                 )
-            else:
-                detail = "judge says not equal" if verdict is False else "judge answer unparsed"
-                batch[i] = rec.model_copy(
+                continue
+            detail = "judge says not equal" if verdict is False else "judge answer unparsed"
+            out.append(
+                rec.model_copy(
                     update={
                         "verdicts": [
                             *rec.verdicts,
                             Verdict(
                                 rule="no_information_gain",
                                 detail=f"{detail}: {gen.text.strip()[:40]!r}",
-                                stage=self.name,
+                                stage=self.label,
                                 kept=True,
                             ),
                         ]
                     }
                 )
-        return batch
+            )
+        return out

@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from collections.abc import Callable, Sequence
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from evolkit.models.base import Backend, ChatRequest, Generation, SamplingParams
 from evolkit.prompts import few_shot, text
 from evolkit.records import Record, make_id
-from evolkit.stages.base import Stage
+from evolkit.stages.base import Stage, call_failed, failed_call
+from evolkit.stages.rules import INSTRUCTION_RULES, RuleSettings, first_failure
 
 IN_DEPTH = ("add_constraint", "deepen", "concretize", "add_reasoning", "complicate_input")
 IN_BREADTH = ("breadth",)
@@ -77,10 +78,24 @@ def clean_evolution(raw: str) -> str:
     return out
 
 
+#: What a row keeps of a failed try or of the raw model text: a 5 MB rewrite must not become a
+#: 26 MB rejects line. The length is kept beside the prefix.
+KEEP_CHARS = 1000
+
+
+def capped(text: str, limit: int = KEEP_CHARS) -> dict[str, Any]:
+    """A long text as its prefix and its full length (short texts stay whole)."""
+    if len(text) <= limit:
+        return {"text": text}
+    return {"text": text[:limit], "chars": len(text), "capped": True}
+
+
 class EvolveStage(Stage):
     """Turn each parent into one evolved child for round `round_`."""
 
     name = "evolve"
+    roles: ClassVar[tuple[str, ...]] = ("evolver",)
+    evolver: Backend
     inputs: ClassVar[tuple[str, ...]] = ("id", "instruction", "input", "meta.seed_index")
     outputs: ClassVar[tuple[str, ...]] = (
         "instruction",
@@ -94,29 +109,33 @@ class EvolveStage(Stage):
 
     def __init__(
         self,
-        evolver: Backend,
         round_: int,
         operations: Sequence[str] = OPERATIONS,
         policy: str = "rotate",
         seed: int = 0,
         params: SamplingParams | None = None,
         attempts: int = 1,
-        check: Callable[[Record], str | None] | None = None,
+        rules: Sequence[str] = (),
+        rule_settings: RuleSettings | None = None,
     ) -> None:
-        """`check` returns a reason when a rewrite failed; such rows are re-sampled (with
-        another seed) up to `attempts` times in all. The last try is kept either way, so the
-        eliminate stage still sees, and records, a row that never succeeded."""
+        """A rewrite failing one of the cheap instruction `rules` is re-sampled (with another
+        seed) up to `attempts` times in all. The last try is kept either way, so the eliminate
+        stage still sees, and records, a row that never succeeded."""
         unknown = [op for op in operations if op not in OPERATIONS]
         if unknown:
             raise ValueError(f"unknown operation(s) {unknown}; known: {', '.join(OPERATIONS)}")
-        self.evolver = evolver
         self.round = round_
         self.operations = tuple(operations)
         self.policy = policy
         self.seed = seed
         self.params = params or SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=256)
         self.attempts = max(1, attempts)
-        self.check = check
+        self.rules = [r for r in rules if r in INSTRUCTION_RULES]
+        self.rule_settings = rule_settings or RuleSettings()
+
+    def check(self, child: Record) -> str | None:
+        failure = first_failure(child, self.rules, self.rule_settings) if self.rules else None
+        return f"{failure[0]}: {failure[1]}" if failure else None
 
     def process(self, batch: list[Record]) -> list[Record]:
         ops = [
@@ -147,10 +166,13 @@ class EvolveStage(Stage):
             still: list[int] = []
             for i, gen in zip(pending, gens, strict=True):
                 child = self._child(batch[i], ops[i], gen, attempt + 1, failed[i])
-                reason = self.check(child) if self.check else None
+                if failed_call(gen):
+                    children[i] = call_failed(child, gen, self.name, "evolver call")
+                    continue
+                reason = self.check(child)
                 children[i] = child
                 if reason and attempt + 1 < self.attempts:
-                    failed[i].append({"text": child.instruction, "reason": reason})
+                    failed[i].append({**capped(child.instruction, 300), "reason": reason})
                     still.append(i)
             pending = still
             if not pending:
@@ -173,7 +195,8 @@ class EvolveStage(Stage):
                 "seed_id": parent.meta.get("seed_id", parent.id),
                 "parent": {"instruction": parent.instruction, "input": parent.input},
                 "evolution": {
-                    "raw": gen.text,
+                    "raw": capped(gen.text)["text"],
+                    "raw_chars": len(gen.text),
                     "finish_reason": gen.finish_reason,
                     "tokens": gen.completion_tokens,
                     "error": gen.error,

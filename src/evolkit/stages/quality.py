@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from evolkit.models.base import Backend, ChatRequest, SamplingParams
 from evolkit.records import Record
-from evolkit.stages.base import Stage
+from evolkit.stages.base import Stage, call_failed, failed_call
 from evolkit.stages.few_shot import few_shot_messages
 
 _SCORE = re.compile(r"(?i)score\s*[:=]?\s*(\d{1,2}(?:\.\d+)?)")
@@ -34,10 +34,10 @@ class QualityJudgeStage(Stage):
     inputs: ClassVar[tuple[str, ...]] = ("output", "meta.query", "meta.constraint")
     outputs: ClassVar[tuple[str, ...]] = ("scores.quality",)
 
-    def __init__(
-        self, judge: Backend, threshold: float = 8.0, params: SamplingParams | None = None
-    ) -> None:
-        self.judge = judge
+    roles: ClassVar[tuple[str, ...]] = ("judge",)
+    judge: Backend
+
+    def __init__(self, threshold: float = 8.0, params: SamplingParams | None = None) -> None:
         self.threshold = threshold
         self.params = params or SamplingParams(max_new_tokens=8)
 
@@ -55,6 +55,9 @@ class QualityJudgeStage(Stage):
         ]
         out = []
         for row, gen in zip(batch, self.judge.generate(requests), strict=True):
+            if failed_call(gen):
+                out.append(call_failed(row, gen, self.name, "quality judge call"))
+                continue
             score = parse_score(gen.text)
             if score is None:
                 out.append(

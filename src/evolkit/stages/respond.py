@@ -6,16 +6,17 @@ from typing import ClassVar
 
 from evolkit.models.base import Backend, ChatRequest, SamplingParams
 from evolkit.records import Record
-from evolkit.stages.base import Stage
+from evolkit.stages.base import Stage, call_failed, failed_call
 
 
 class RespondStage(Stage):
     name = "respond"
     inputs: ClassVar[tuple[str, ...]] = ("instruction", "input")
     outputs: ClassVar[tuple[str, ...]] = ("output", "meta.response")
+    roles: ClassVar[tuple[str, ...]] = ("responder",)
+    responder: Backend
 
-    def __init__(self, responder: Backend, params: SamplingParams | None = None) -> None:
-        self.responder = responder
+    def __init__(self, params: SamplingParams | None = None) -> None:
         self.params = params or SamplingParams(temperature=0.0, max_new_tokens=512)
 
     def process(self, batch: list[Record]) -> list[Record]:
@@ -24,6 +25,9 @@ class RespondStage(Stage):
         ]
         out = []
         for rec, gen in zip(batch, self.responder.generate(requests), strict=True):
+            if failed_call(gen):
+                out.append(call_failed(rec, gen, self.name, "responder call"))
+                continue
             out.append(
                 rec.model_copy(
                     update={

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from evolkit.models.scoring import LossScorer, ScoreItem
+from evolkit.models import Scorer
+from evolkit.models.scoring import ScoreItem
 from evolkit.records import Record
 from evolkit.stages.base import Stage
 
 
 class ScoreStage(Stage):
     name = "score"
+    roles: ClassVar[tuple[str, ...]] = ("scorer",)
+    scorer: Scorer
     inputs: ClassVar[tuple[str, ...]] = ("instruction", "input", "output")
     outputs: ClassVar[tuple[str, ...]] = (
         "scores.loss_q",
@@ -24,10 +27,6 @@ class ScoreStage(Stage):
         "scores.ic_ifd",
         "meta.scoring",
     )
-
-    def __init__(self, scorer: LossScorer, scorer_id: str) -> None:
-        self.scorer = scorer
-        self.scorer_id = scorer_id
 
     def process(self, batch: list[Record]) -> list[Record]:
         out: list[Record] = []
@@ -40,8 +39,9 @@ class ScoreStage(Stage):
                 out.append(rec.reject("unscorable", "the row has no output to score", self.name))
                 continue
             info = {
-                "scorer": self.scorer_id,
+                "scorer": self.scorer.model_id,
                 "template": self.scorer.template,
+                "head": self.scorer.head,
                 "max_length": self.scorer.max_length,
                 "truncated": loss.truncated,
                 "n_q": loss.n_q,

@@ -63,13 +63,12 @@ class ValidateVerifiersStage(Stage):
         "meta.function_scores",
     )
 
+    roles: ClassVar[tuple[str, ...]] = ("sandbox",)
+    sandbox: Sandbox
+
     def __init__(
-        self,
-        sandbox: Sandbox,
-        config: CrossValConfig | None = None,
-        require_both_labels: bool = True,
+        self, config: CrossValConfig | None = None, require_both_labels: bool = True
     ) -> None:
-        self.sandbox = sandbox
         self.config = config or CrossValConfig()
         self.require_both_labels = require_both_labels
 

@@ -16,7 +16,7 @@ from typing import ClassVar
 from evolkit.records import Record
 from evolkit.sandbox import Sandbox
 from evolkit.stages.base import Stage
-from evolkit.stages.constraints import KIND, STEP, step_id
+from evolkit.stages.constraints import KIND, STEP, child_id
 
 STEP_NAME = "respond"
 
@@ -26,12 +26,12 @@ class VerifyResponsesStage(Stage):
     inputs: ClassVar[tuple[str, ...]] = ("output", "meta.functions", "meta.response")
     outputs: ClassVar[tuple[str, ...]] = ("scores.pass_rate", "meta.verification")
 
-    def __init__(
-        self, sandbox: Sandbox, min_pass_rate: float = 0.0, drop_truncated: bool = True
-    ) -> None:
+    roles: ClassVar[tuple[str, ...]] = ("sandbox",)
+    sandbox: Sandbox
+
+    def __init__(self, min_pass_rate: float = 0.0, drop_truncated: bool = True) -> None:
         if not 0.0 <= min_pass_rate <= 1.0:
             raise ValueError("min_pass_rate must be within [0, 1]")
-        self.sandbox = sandbox
         self.min_pass_rate = min_pass_rate
         self.drop_truncated = drop_truncated
 
@@ -80,7 +80,7 @@ class VerifyResponsesStage(Stage):
         """The response row gets its own id: the composed instruction row keeps its own."""
         return row.model_copy(
             update={
-                "id": step_id(STEP_NAME, row.id),
+                "id": child_id(row, STEP_NAME),
                 "parent_id": row.id,
                 "meta": {**row.meta, KIND: "response", STEP: STEP_NAME},
             }

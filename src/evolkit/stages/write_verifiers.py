@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from evolkit.models.base import Backend, ChatRequest, SamplingParams
 from evolkit.records import Record
-from evolkit.stages.base import Stage
+from evolkit.stages.base import Stage, call_failed, failed_call
 from evolkit.stages.constraints import advance, function_row, slim
 from evolkit.stages.few_shot import few_shot_messages
 
@@ -190,10 +190,10 @@ class WriteVerifiersStage(Stage):
     inputs: ClassVar[tuple[str, ...]] = ("instruction",)
     outputs: ClassVar[tuple[str, ...]] = ("meta.functions", "meta.cases", "meta.candidates")
 
-    def __init__(
-        self, writer: Backend, k: int = 8, params: SamplingParams | None = None, seed: int = 0
-    ) -> None:
-        self.writer = writer
+    roles: ClassVar[tuple[str, ...]] = ("evolver",)
+    evolver: Backend
+
+    def __init__(self, k: int = 8, params: SamplingParams | None = None, seed: int = 0) -> None:
         self.k = k
         self.params = params or SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=512)
         self.seed = seed
@@ -205,10 +205,16 @@ class WriteVerifiersStage(Stage):
             for j in range(self.k):
                 params = SamplingParams(**{**self.params.__dict__, "seed": self.seed + j})
                 requests.append(ChatRequest.of(messages, params))
-        gens = self.writer.generate(requests)
+        gens = self.evolver.generate(requests)
         out: list[Record] = []
         for n, row in enumerate(batch):
             answers = gens[n * self.k : (n + 1) * self.k]
+            broken = next((g for g in answers if failed_call(g)), None)
+            if broken is not None:
+                # One of the K calls never answered: redo the constraint next run rather than
+                # judge it on fewer candidates than asked for.
+                out.append(call_failed(row, broken, STEP_NAME, "verifier call"))
+                continue
             functions: list[str] = []
             cases: list[tuple[str, bool]] = []
             candidates: list[dict[str, Any]] = []
@@ -254,7 +260,7 @@ class WriteVerifiersStage(Stage):
                 functions=functions,
                 cases=[{"input": i, "output": o} for i, o in cases],
                 candidates=candidates,
-                writer=self.writer.model_id,
+                writer=self.evolver.model_id,
             )
             if not functions:
                 done = slim(done, "functions", "cases").reject(

@@ -1,0 +1,262 @@
+"""The Ray engine: the same steps, on a Ray cluster (or a local one), with the same results.
+
+A step's not-yet-committed inputs are cut into the same batches the local engine would use;
+each batch becomes one row of a Ray Dataset and flows through the step's stages with
+`map_batches` and an actor pool: each actor builds its own resources (models, sandbox) once from
+the picklable ResourceSpec and sets its own copy of the stages up. Consecutive partitionable
+stages share one pool; a stage that must see every row in order (deduplication) runs on a
+single actor, and the dataset keeps its order. The driver is the one writer: it commits every
+finished batch to the run folder through the same journal as the local engine, so a Ray run
+killed with -9 resumes exactly like a local one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from evolkit.engines.base import (
+    ChainState,
+    Engine,
+    StepResult,
+    commit_outcome,
+    merge_usage,
+    now,
+    step_start,
+)
+from evolkit.engines.base import batches as split
+from evolkit.errors import EvolkitError
+from evolkit.progress import StepProgress
+from evolkit.records import Record
+from evolkit.resources import ResourceSpec, Resources
+from evolkit.runs import RunFolder
+from evolkit.stages.base import Stage
+
+log = logging.getLogger(__name__)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise EvolkitError(
+            "--engine ray needs Ray Data: pip install 'evolkit[ray]' (ray[data])"
+        ) from None
+    return ray
+
+
+def segments(stages: Sequence[Stage]) -> list[tuple[bool, list[Stage]]]:
+    """Runs of consecutive partitionable stages, and each order-dependent stage alone."""
+    out: list[tuple[bool, list[Stage]]] = []
+    for stage in stages:
+        if stage.partitionable and out and out[-1][0]:
+            out[-1][1].append(stage)
+        else:
+            out.append((stage.partitionable, [stage]))
+    return out
+
+
+class ChainActor:
+    """A Ray Data actor: its own resources and stages, applied to serialised batch states."""
+
+    def __init__(
+        self,
+        stages: list[Stage],
+        spec: ResourceSpec,
+        previous: list[dict[str, Any]] | None = None,
+        threads: int = 1,
+    ) -> None:
+        try:
+            import torch
+
+            torch.set_num_threads(max(1, threads))
+        except ImportError:  # pragma: no cover - a model-free step
+            pass
+        self.resources = Resources(spec)
+        self.stages = [copy.deepcopy(s) for s in stages]
+        kept = [Record.model_validate(r) for r in previous or []]
+        for stage in self.stages:
+            stage.setup(self.resources)
+            stage.resume(kept)
+        self._seen: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        out = []
+        for blob in batch["state"]:
+            data = json.loads(blob)
+            state = ChainState.from_json(data)
+            for stage in self.stages:
+                state.apply(stage)
+            result = state.to_json()
+            usage = data.get("usage", {})
+            merge_usage(usage, self._usage_delta())
+            result["usage"] = usage
+            out.append(json.dumps(result))
+        return {"state": np.array(out, dtype=object)}
+
+    def _usage_delta(self) -> dict[str, dict[str, Any]]:
+        """What the models did since this actor's last batch (so the driver can sum it)."""
+        now_usage = self.resources.usage()
+        delta: dict[str, dict[str, Any]] = {}
+        for model, u in now_usage.items():
+            before = self._seen.get(model, {})
+            d: dict[str, Any] = {}
+            for k, v in u.items():
+                if isinstance(v, dict):
+                    prev = before.get(k, {})
+                    d[k] = {kk: vv - prev.get(kk, 0) for kk, vv in v.items()}
+                else:
+                    d[k] = v - before.get(k, 0)
+            delta[model] = d
+        self._seen = json.loads(json.dumps(now_usage))
+        return delta
+
+
+class RayEngine(Engine):
+    name = "ray"
+
+    def __init__(
+        self,
+        resources: ResourceSpec,
+        batch_size: int = 16,
+        progress: bool = True,
+        workers: int = 2,
+        address: str | None = None,
+    ) -> None:
+        super().__init__(resources, batch_size, progress)
+        self.workers = max(1, workers)
+        self.address = address
+        self.ray = _import_ray()
+        self._started = False
+        self._usage: dict[str, dict[str, Any]] = {}
+        self._sandbox: dict[str, Any] | None = None
+        if not self.ray.is_initialized():
+            self._init()
+
+    def _init(self) -> None:
+        ray = self.ray
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": logging.WARNING,
+            "ignore_reinit_error": True,
+        }
+        if self.address:
+            kwargs["address"] = self.address
+        else:
+            # Logical CPUs are scheduling tokens: leave room for a pool per model stage plus
+            # the single actor of an order-dependent stage, whatever the core count.
+            kwargs["num_cpus"] = max(os.cpu_count() or 1, 2 * self.workers + 2)
+            # A local cluster runs the driver's code: its workers import what it can import
+            # (a notebook's or a test's own backend classes, an uninstalled checkout).
+            paths = [p for p in sys.path if p]
+            kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
+        try:
+            ray.init(**kwargs)
+        except Exception as exc:  # ConnectionError, RuntimeError, ... from ray.init
+            where = self.address or "a local Ray instance"
+            raise EvolkitError(f"cannot start or join {where}: {exc}") from None
+        self._started = True
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "engine": self.name,
+            "batch_size": self.batch_size,
+            "workers": self.workers,
+            "address": self.address or "local",
+        }
+
+    def run(
+        self, step: str, stages: Sequence[Stage], inputs: Sequence[Record], run: RunFolder
+    ) -> StepResult:
+        ray = self.ray
+        todo, skipped = step_start(run, step, inputs)
+        previous = run.kept_records(step)
+        failures: Counter[str] = Counter()
+        kept_new: list[Record] = []
+        processed = failed = 0
+        t0 = now()
+        with StepProgress(step, len(inputs), skipped, enabled=self.progress) as bar:
+            if todo:
+                items = [
+                    {"state": json.dumps(ChainState.start(b).to_json())}
+                    for b in split(todo, self.batch_size)
+                ]
+                ds = ray.data.from_items(items, override_num_blocks=len(items))
+                prev = [r.model_dump(mode="json") for r in previous]
+                cores = os.cpu_count() or 1
+                for partitionable, group in segments(stages):
+                    size = self.workers if partitionable else 1
+                    threads = max(1, cores // self.workers) if partitionable else 1
+                    ds = ds.map_batches(
+                        ChainActor,
+                        batch_size=1,
+                        compute=ray.data.ActorPoolStrategy(size=size),
+                        fn_constructor_kwargs={
+                            "stages": group,
+                            "spec": self.spec,
+                            "previous": None if partitionable else prev,
+                            "threads": threads,
+                        },
+                        num_cpus=1,
+                    )
+                try:
+                    for row in ds.iter_rows():
+                        data = json.loads(row["state"])
+                        merge_usage(self._usage, data.pop("usage", {}))
+                        outcome = ChainState.from_json(data).outcome()
+                        commit_outcome(run, step, outcome)
+                        kept_new.extend(outcome.kept)
+                        processed += len(outcome.inputs)
+                        failed += len(outcome.failed_inputs)
+                        failures.update(outcome.failures)
+                        n = len(outcome.inputs) + len(outcome.failed_inputs)
+                        bar.advance(n, self.retries())
+                except Exception as exc:
+                    raise _unwrap(exc) from None
+        return StepResult(
+            kept=previous + kept_new,
+            processed=processed,
+            skipped=skipped,
+            seconds=now() - t0,
+            failed=failed,
+            failures=failures,
+        )
+
+    def usage(self) -> dict[str, dict[str, Any]]:
+        return self._usage
+
+    def close(self) -> None:
+        if self._started and self.ray.is_initialized():
+            self.ray.shutdown()
+            self._started = False
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The user-facing error inside a Ray task failure (a BackendError, say), else a line."""
+    seen = exc
+    for _ in range(8):
+        if isinstance(seen, EvolkitError):
+            return seen
+        cause = getattr(seen, "cause", None) or seen.__cause__
+        if cause is None:
+            break
+        seen = cause
+    text = str(exc).strip().splitlines()
+    for line in reversed(text):
+        if "EvolkitError" in line or "BackendError" in line:
+            return EvolkitError(line.split(":", 1)[-1].strip())
+    return exc
