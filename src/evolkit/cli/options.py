@@ -243,11 +243,11 @@ def settings_command(
             if v is None or v == []:
                 v = recorded.get(a.name)
             if v is None and a.required:
-                flag = a.flags[0] if a.flags else a.name.upper()
-                raise EvolkitError(f"missing {flag}: {a.help}")
+                what = f"option '{a.flags[0]}'" if a.flags else f"argument '{a.name.upper()}'"
+                raise click.UsageError(f"Missing {what}: {a.help}", ctx=ctx)
             values[a.name] = v
         if out is None:
-            raise EvolkitError("missing -o/--out: the folder to write")
+            raise click.UsageError("Missing option '-o' / '--out': the folder to write.", ctx=ctx)
         cfg = config_cls.make(settings)
         run(cfg, values, out)
 

@@ -48,7 +48,9 @@ class LocalEngine(Engine):
         failures: Counter[str] = Counter()
         processed = failed = 0
         t0 = now()
-        with StepProgress(step, len(inputs), skipped, enabled=self.progress) as bar:
+        with StepProgress(
+            step, len(inputs), skipped, stream_is_tty=None if self.progress else False
+        ) as bar:
             for batch in split(todo, self.batch_size):
                 outcome = run_chain(live, batch)
                 commit_outcome(run, step, outcome)

@@ -34,7 +34,7 @@ from evolkit.engines.base import batches as split
 from evolkit.errors import EvolkitError
 from evolkit.progress import StepProgress
 from evolkit.records import Record
-from evolkit.resources import ResourceSpec, Resources
+from evolkit.resources import Resources, ResourceSpec
 from evolkit.runs import RunFolder
 from evolkit.stages.base import Stage
 
@@ -189,7 +189,9 @@ class RayEngine(Engine):
         kept_new: list[Record] = []
         processed = failed = 0
         t0 = now()
-        with StepProgress(step, len(inputs), skipped, enabled=self.progress) as bar:
+        with StepProgress(
+            step, len(inputs), skipped, stream_is_tty=None if self.progress else False
+        ) as bar:
             if todo:
                 items = [
                     {"state": json.dumps(ChainState.start(b).to_json())}

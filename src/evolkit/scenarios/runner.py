@@ -10,6 +10,7 @@ summary: those rows were neither kept nor rejected, and the same command redoes 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from evolkit.config import Settings, opt, parse_json_object
+from evolkit.console import log_file
 from evolkit.engines.base import ENGINES, Engine, StepResult
 from evolkit.errors import EvolkitError
 from evolkit.io.readers import BadRow
@@ -211,7 +213,9 @@ class Runner:
             command=command,
             settings={**settings.to_dict(), "inputs": dict(inputs)},
         )
-        self._log_handler = _attach_log(self.folder.log_path)
+        # run.log gets every progress line, and how the run ended.
+        self._log = contextlib.ExitStack()
+        self._log.enter_context(log_file(self.folder.log_path))
         given = {k: v for k, v in (objects or {}).items() if v is not None}
         self.spec = ResourceSpec(
             roles=dict(roles or {}),
@@ -241,8 +245,10 @@ class Runner:
         try:
             self.engine.close()
         finally:
-            _detach_log(self._log_handler)
-            self.folder.close()
+            try:
+                self._log.__exit__(exc_type, exc, tb)
+            finally:
+                self.folder.close()
 
     # -- input -------------------------------------------------------------------------------
     def read(self, source: Any, *, what: str = "input") -> list[Record]:
@@ -341,22 +347,6 @@ def make_engine(settings: RunSettings, spec: ResourceSpec) -> Engine:
     from evolkit.engines.local import LocalEngine
 
     return LocalEngine(spec, batch_size=settings.batch_size, progress=settings.progress)
-
-
-def _attach_log(path: Path) -> Any:
-    try:
-        from evolkit.console import attach_log_file  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - until the console module has it
-        return None
-    return attach_log_file(path)
-
-
-def _detach_log(handler: Any) -> None:
-    if handler is None:
-        return
-    from evolkit.console import detach_log_file  # type: ignore[attr-defined]
-
-    detach_log_file(handler)
 
 
 def count_rows(rows: Iterable[Any]) -> int:
