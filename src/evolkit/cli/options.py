@@ -16,9 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
-from click.core import ParameterSource
 
 from evolkit.config import Opt, Settings, base_type, default_of, field_type, options
 from evolkit.errors import EvolkitError
@@ -203,13 +201,14 @@ def settings_command(
             )
 
     def command(**kw: Any) -> None:
-        ctx: click.Context = kw.pop("ctx")
+        ctx: Any = kw.pop("ctx")
         config_file: Path | None = kw.pop("config_file")
         out: Path | None = kw.pop("out")
 
         def given(param: str) -> bool:
+            # By name: typer ships its own copy of click, whose enum is not click's.
             src = ctx.get_parameter_source(param)
-            return src in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+            return getattr(src, "name", "") in ("COMMANDLINE", "ENVIRONMENT")
 
         recorded: dict[str, Any] = {}
         settings: dict[str, Any] = {}
@@ -244,10 +243,10 @@ def settings_command(
                 v = recorded.get(a.name)
             if v is None and a.required:
                 what = f"option '{a.flags[0]}'" if a.flags else f"argument '{a.name.upper()}'"
-                raise click.UsageError(f"Missing {what}: {a.help}", ctx=ctx)
+                ctx.fail(f"Missing {what}: {a.help}")
             values[a.name] = v
         if out is None:
-            raise click.UsageError("Missing option '-o' / '--out': the folder to write.", ctx=ctx)
+            ctx.fail("Missing option '-o' / '--out': the folder to write.")
         cfg = config_cls.make(settings)
         run(cfg, values, out)
 
