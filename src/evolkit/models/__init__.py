@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from evolkit.cache import CachedBackend, CallCache
+# A module import, not its names: evolkit.cache imports evolkit.models.base, so whichever of
+# the two is imported first, this line must not need cache's classes to exist yet.
+from evolkit import cache as call_cache
 from evolkit.errors import EvolkitError
 from evolkit.models.base import Backend, ChatRequest, Generation, SamplingParams, Usage
 
@@ -37,7 +39,7 @@ class BackendFactory:
     """Builds (once) and caches the backend for each distinct model spec."""
 
     def __init__(self, cache_path: str | Path | None = None) -> None:
-        self.cache = CallCache(cache_path) if cache_path else None
+        self.cache = call_cache.CallCache(cache_path) if cache_path else None
         self._backends: dict[ModelSpec, Backend] = {}
 
     def get(self, spec: ModelSpec) -> Backend:
@@ -47,7 +49,9 @@ class BackendFactory:
 
     def adopt(self, backend: Backend) -> Backend:
         """Use a ready backend object (a notebook's own, or a test double) behind the cache."""
-        wrapped = CachedBackend(backend, self.cache) if self.cache is not None else backend
+        wrapped = (
+            call_cache.CachedBackend(backend, self.cache) if self.cache is not None else backend
+        )
         self._backends[ModelSpec(model=f"object:{id(backend)}")] = wrapped
         return wrapped
 
@@ -69,13 +73,13 @@ class BackendFactory:
             )
         else:
             raise EvolkitError(f"unknown backend {spec.backend!r}; use 'local' or 'openai'")
-        return CachedBackend(inner, self.cache) if self.cache is not None else inner
+        return call_cache.CachedBackend(inner, self.cache) if self.cache is not None else inner
 
     def usage(self) -> dict[str, dict[str, float]]:
         """Token counts per model: fresh calls and cache hits."""
         out: dict[str, dict[str, float]] = {}
         for b in self._backends.values():
-            inner = b.inner if isinstance(b, CachedBackend) else b
+            inner = b.inner if isinstance(b, call_cache.CachedBackend) else b
             out[b.model_id] = {
                 "requests": inner.usage.requests + (b.usage.cached if b is not inner else 0),
                 "cached": b.usage.cached if b is not inner else 0,
