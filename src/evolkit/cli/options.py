@@ -247,6 +247,7 @@ def settings_command(
             values[a.name] = v
         if out is None:
             ctx.fail("Missing option '-o' / '--out': the folder to write.")
+        assert out is not None
         cfg = config_cls.make(settings)
         run(cfg, values, out)
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from evolkit.cache import CachedBackend, CallCache
+# A module import, not its names: evolkit.cache imports evolkit.models.base, so whichever of
+# the two is imported first, this line must not need cache's classes to exist yet.
+from evolkit import cache as call_cache
 from evolkit.errors import EvolkitError
 from evolkit.models.base import Backend, ChatRequest, Generation, SamplingParams, Usage
 
@@ -76,7 +78,7 @@ class BackendFactory:
     """Builds (once) and caches the backend for each distinct model spec."""
 
     def __init__(self, cache_path: str | Path | None = None) -> None:
-        self.cache = CallCache(cache_path) if cache_path else None
+        self.cache = call_cache.CallCache(cache_path) if cache_path else None
         self._backends: dict[ModelSpec, Backend] = {}
         self._scorers: dict[ScorerSpec, Scorer] = {}
 
@@ -87,7 +89,9 @@ class BackendFactory:
 
     def adopt(self, backend: Backend) -> Backend:
         """Use a ready backend object (a notebook's own, or a test double) behind the cache."""
-        wrapped = CachedBackend(backend, self.cache) if self.cache is not None else backend
+        wrapped = (
+            call_cache.CachedBackend(backend, self.cache) if self.cache is not None else backend
+        )
         self._backends[ModelSpec(model=f"object:{id(backend)}")] = wrapped
         return wrapped
 
@@ -123,7 +127,7 @@ class BackendFactory:
             raise EvolkitError(
                 f"unknown backend {spec.backend!r}; choose from {', '.join(BACKENDS)}"
             )
-        return CachedBackend(inner, self.cache) if self.cache is not None else inner
+        return call_cache.CachedBackend(inner, self.cache) if self.cache is not None else inner
 
     def scorer(self, spec: ScorerSpec) -> Scorer:
         """The scorer role; built once per spec like the backends."""
@@ -167,7 +171,7 @@ class BackendFactory:
         """Token counts per model: fresh calls and cache hits."""
         out: dict[str, dict[str, Any]] = {}
         for b in self._backends.values():
-            inner = b.inner if isinstance(b, CachedBackend) else b
+            inner = b.inner if isinstance(b, call_cache.CachedBackend) else b
             out[b.model_id] = {
                 "requests": inner.usage.requests + (b.usage.cached if b is not inner else 0),
                 "cached": b.usage.cached if b is not inner else 0,

@@ -6,6 +6,7 @@ decode together. fp32 on CPU because bf16 matrix products ran ~100x slower on th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from typing import Any
 from evolkit.errors import BackendError
 from evolkit.models.base import Backend, ChatRequest, Generation, SamplingParams
 from evolkit.models.embedded import EMBEDDED_ALIASES, EMBEDDED_NAME, embedded_model_dir
+from evolkit.models.identity import local_cache_id
 
 
 def quiet_transformers() -> None:
@@ -77,6 +79,14 @@ class LocalBackend(Backend):
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         self._torch = torch
+
+    @functools.cached_property
+    def cache_id(self) -> str:
+        """`model_id@fingerprint` of the loaded folder, so two folders that share a last name
+        (`a/final`, `b/final`) or a checkpoint retrained in place never share cache entries.
+        Computed once, at the first call, so later edits of the folder do not relabel the
+        weights this instance already holds."""
+        return local_cache_id(self.model_id, self.model.name_or_path)
 
     # -- prompts -----------------------------------------------------------------------------
     def render(self, request: ChatRequest) -> str:

@@ -22,13 +22,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from evolkit.cache import default_cache_path
 from evolkit.config import Settings, opt, parse_json_object
 from evolkit.console import log_file
 from evolkit.engines.base import ENGINES, Engine, StepResult
 from evolkit.errors import EvolkitError
 from evolkit.io.readers import BadRow
 from evolkit.models import BACKENDS, ModelSpec, ScorerSpec
-from evolkit.models.embedded import cache_root
 from evolkit.records import Record
 from evolkit.resources import ResourceSpec, SandboxSpec
 from evolkit.runs import EVOLVED, RunFolder
@@ -100,7 +100,7 @@ class RunSettings(Settings):
         if self.cache is None:
             return None
         if self.cache == "default":
-            return str(cache_root() / "calls.sqlite")
+            return str(default_cache_path())
         return self.cache
 
 
