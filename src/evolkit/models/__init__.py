@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from evolkit.cache import CachedBackend, CallCache
 from evolkit.errors import EvolkitError
@@ -31,6 +32,10 @@ class ModelSpec:
     base_url: str | None = None
     api_key: str | None = None
     batch_size: int = 16
+    # HTTP only: seconds per request, and requests in flight (None: the backend's default,
+    # and at least the batch size for concurrency). Runtime settings, not the model's identity.
+    timeout: float | None = None
+    concurrency: int | None = None
 
 
 class BackendFactory:
@@ -60,20 +65,20 @@ class BackendFactory:
         elif spec.backend == "openai":
             from evolkit.models.openai import OpenAIBackend
 
-            if not spec.base_url:
-                raise EvolkitError(
-                    "--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)"
-                )
-            inner = OpenAIBackend(
-                spec.model, spec.base_url, api_key=spec.api_key, concurrency=max(spec.batch_size, 8)
-            )
+            # base_url None: the backend falls back to $OPENAI_BASE_URL or says what to pass.
+            options: dict[str, Any] = {
+                "concurrency": spec.concurrency or max(spec.batch_size, 8),
+            }
+            if spec.timeout is not None:
+                options["timeout"] = spec.timeout
+            inner = OpenAIBackend(spec.model, spec.base_url, api_key=spec.api_key, **options)
         else:
             raise EvolkitError(f"unknown backend {spec.backend!r}; use 'local' or 'openai'")
         return CachedBackend(inner, self.cache) if self.cache is not None else inner
 
-    def usage(self) -> dict[str, dict[str, float]]:
+    def usage(self) -> dict[str, dict[str, Any]]:
         """Token counts per model: fresh calls and cache hits."""
-        out: dict[str, dict[str, float]] = {}
+        out: dict[str, dict[str, Any]] = {}
         for b in self._backends.values():
             inner = b.inner if isinstance(b, CachedBackend) else b
             out[b.model_id] = {
@@ -82,6 +87,7 @@ class BackendFactory:
                 "prompt_tokens": inner.usage.prompt_tokens,
                 "completion_tokens": inner.usage.completion_tokens,
                 "generate_seconds": round(inner.usage.seconds, 2),
+                "retries": dict(sorted(inner.usage.retries.items())),
             }
         return out
 
