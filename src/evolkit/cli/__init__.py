@@ -11,6 +11,7 @@ from evolkit.cli import autoif as _autoif  # noqa: F401
 from evolkit.cli import evolve as _evolve  # noqa: F401  (registers the command)
 from evolkit.cli import export as _export  # noqa: F401
 from evolkit.cli import score as _score  # noqa: F401
+from evolkit.cli import serve as _serve  # noqa: F401
 from evolkit.cli.common import app
 from evolkit.console import console
 from evolkit.errors import EvolkitError
