@@ -35,6 +35,8 @@ class RecordingBackend(Backend):
         self.threads.add(threading.current_thread().name)
         if self.fail is not None:
             raise self.fail
+        if any(r.messages and r.messages[-1][1] == "poison" for r in requests):
+            raise ValueError("this request breaks the chat template")
         out = []
         for r in requests:
             text = r.prompt if r.prompt is not None else f"re: {r.messages[-1][1]}"
@@ -107,6 +109,27 @@ def test_concurrent_requests_share_generate_calls(serving: Callable[..., ServerT
     assert sum(len(c) for c in backend.calls) == 8
     # The model is only ever touched by the one worker thread.
     assert backend.threads == {"evolkit-serve-model"}
+
+
+def test_a_bad_request_does_not_fail_its_batch_mates(
+    serving: Callable[..., ServerThread],
+) -> None:
+    backend = RecordingBackend()
+    server = serving(backend, max_batch=4, batch_wait_ms=5000)
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            texts = ["a", "poison", "b", "c"]
+            return await asyncio.gather(
+                *(client.post(f"{server.url}/chat/completions", json=chat(t)) for t in texts)
+            )
+
+    ok_a, bad, ok_b, ok_c = asyncio.run(send_all())
+    assert [r.status_code for r in (ok_a, bad, ok_b, ok_c)] == [200, 500, 200, 200]
+    assert ok_b.json()["choices"][0]["message"]["content"] == "re: b"
+    assert "breaks the chat template" in bad.json()["error"]["message"]
+    # One batch call that failed, then one call per request.
+    assert [len(c) for c in backend.calls] == [4, 1, 1, 1, 1]
 
 
 def test_a_lone_request_does_not_wait_for_a_full_batch(
@@ -230,6 +253,7 @@ def test_models_and_health(serving: Callable[..., ServerThread]) -> None:
         (chat("x", top_logprobs=3), 400, "logprobs=true"),
         (chat("x", top_logprobs=50, logprobs=True), 400, "top_logprobs"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "role"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, 400, "role"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
             400,

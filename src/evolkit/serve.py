@@ -23,6 +23,7 @@ import math
 import queue
 import random
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -122,21 +123,45 @@ class BatchWorker:
             live = [(r, f) for r, f in batch if f.set_running_or_notify_cancel()]
             if not live:
                 continue
-            self.calls += 1
             try:
-                generations = self.backend.generate([r for r, _ in live])
-                if len(generations) != len(live):
-                    raise RuntimeError(
-                        f"the backend answered {len(generations)} of {len(live)} requests"
-                    )
-            except BaseException as exc:  # every waiting client must hear back, whatever it was
-                log.exception("generate failed for a batch of %d requests", len(live))
-                for _, future in live:
-                    future.set_exception(exc)
+                generations = self._generate([r for r, _ in live])
+            except Exception:
+                if len(live) == 1:
+                    self._fail(live)
+                    continue
+                # One client's odd request must not fail its batch-mates: redo them one by
+                # one, so only the culprit hears of the error.
+                log.warning("a batch of %d failed; answering its requests one by one", len(live))
+                for one in live:
+                    try:
+                        [gen] = self._generate([one[0]])
+                    except Exception:
+                        self._fail([one])
+                    else:
+                        self.answered += 1
+                        one[1].set_result(gen)
                 continue
             self.answered += len(live)
             for (_, future), gen in zip(live, generations, strict=True):
                 future.set_result(gen)
+
+    def _generate(self, requests: list[ChatRequest]) -> list[Generation]:
+        self.calls += 1
+        generations = self.backend.generate(requests)
+        if len(generations) != len(requests):
+            raise RuntimeError(
+                f"the backend answered {len(generations)} of {len(requests)} requests"
+            )
+        return generations
+
+    @staticmethod
+    def _fail(items: list[tuple[ChatRequest, Any]]) -> None:
+        """Hand the exception being handled to every waiting client; the log gets the trace."""
+        log.exception("generate failed for %d request(s)", len(items))
+        exc = sys.exc_info()[1]
+        assert exc is not None
+        for _, future in items:
+            future.set_exception(exc)
 
 
 # -- request bodies --------------------------------------------------------------------------
@@ -167,7 +192,7 @@ class _TextPart(BaseModel):
 class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant"]
     content: str | list[_TextPart] | None = None
 
     def text(self) -> str:
