@@ -49,7 +49,10 @@ def completion(
                     "token": tok,
                     "logprob": lp,
                     "bytes": list(tok.encode()),
-                    "top_logprobs": [{"token": tok, "logprob": lp}],
+                    "top_logprobs": [
+                        {"token": tok, "logprob": lp},
+                        {"token": tok + "!", "logprob": lp - 3.0},
+                    ],
                 }
                 for tok, lp in logprobs
             ]
@@ -544,10 +547,28 @@ def test_logprobs_requested_and_parsed(serve: Callable[..., FakeServer]) -> None
     tokens = [("Hello", -0.1), (",", -0.5), (" world", -1.25)]
     server = serve(lambda s, b: (200, {}, completion("Hello, world", logprobs=tokens)))
     backend, _ = make_backend(server.url)
-    [gen] = backend.generate([req("a", logprobs=True)])
+    [gen] = backend.generate([req("a", logprobs=True, top_logprobs=2)])
+    assert gen.tokens == ["Hello", ",", " world"]
     assert gen.token_logprobs == [-0.1, -0.5, -1.25]
+    # The fake server lists the chosen token first, then one made-up runner-up per position.
+    assert gen.top_logprobs == [
+        [("Hello", -0.1), ("Hello!", -3.1)],
+        [(",", -0.5), (",!", -3.5)],
+        [(" world", -1.25), (" world!", -4.25)],
+    ]
     assert server.bodies[0]["logprobs"] is True
-    assert server.bodies[0]["top_logprobs"] == 1
+    assert server.bodies[0]["top_logprobs"] == 2
+
+
+def test_logprobs_without_alternatives_leave_top_logprobs_unset(
+    serve: Callable[..., FakeServer],
+) -> None:
+    tokens = [("Hi", -0.2)]
+    server = serve(lambda s, b: (200, {}, completion("Hi", logprobs=tokens)))
+    backend, _ = make_backend(server.url)
+    [gen] = backend.generate([req("a", logprobs=True)])
+    assert server.bodies[0]["top_logprobs"] == 0
+    assert (gen.tokens, gen.token_logprobs, gen.top_logprobs) == (["Hi"], [-0.2], None)
 
 
 def test_logprobs_absent_when_not_requested_or_not_sent(serve: Callable[..., FakeServer]) -> None:
@@ -579,3 +600,202 @@ def test_echoed_prefill_is_stripped_with_its_logprobs(serve: Callable[..., FakeS
     [gen] = backend.generate([req("rewrite it", prefill="Rewritten:", logprobs=True)])
     assert gen.text == " harder!"
     assert gen.token_logprobs == [-0.7, -0.3]
+    assert gen.tokens == [" harder", "!"]
+
+
+# -- what is sent (issue 7, item 3) ------------------------------------------------------------
+
+
+def test_repetition_penalty_is_sent_only_when_set(serve: Callable[..., FakeServer]) -> None:
+    server = serve()
+    backend, _ = make_backend(server.url)
+    backend.generate([req("unset")])
+    backend.generate([req("set", repetition_penalty=1.15)])
+    backend.generate([req("neutral", repetition_penalty=1.0)])
+    unset, penalised, neutral = server.bodies
+    # The official API rejects the field, so an unset penalty must not appear at all.
+    assert "repetition_penalty" not in unset
+    assert penalised["repetition_penalty"] == 1.15
+    assert neutral["repetition_penalty"] == 1.0
+
+
+def test_extra_body_is_merged_into_every_request(serve: Callable[..., FakeServer]) -> None:
+    server = serve()
+    extra = {"top_k": 20, "min_p": 0.05, "temperature": 0.3}
+    backend, _ = make_backend(server.url, extra_body=extra, concurrency=2)
+    backend.generate([req("a", temperature=0.9), req("b"), req("c", prefill="P:")])
+    assert len(server.bodies) == 3
+    for body in server.bodies:
+        assert (body["top_k"], body["min_p"], body["temperature"]) == (20, 0.05, 0.3)
+        assert body["model"] == "test-model"
+    plain, _ = make_backend(server.url)
+    assert "top_k" not in plain.payload(req("d"))
+    # Fields like top_k change what the model writes: no cache sharing with the plain backend.
+    assert backend.cache_id != plain.cache_id
+
+
+def test_extra_body_must_be_json(serve: Callable[..., FakeServer]) -> None:
+    server = serve()
+    with pytest.raises(BackendError, match="extra_body"):
+        OpenAIBackend("m", server.url, extra_body={"x": object()})
+
+
+# -- retries counted (issue 7, item 8) -----------------------------------------------------------
+
+
+def test_retries_are_counted_by_cause(serve: Callable[..., FakeServer]) -> None:
+    # Per request (sent one at a time): the faults its first tries meet, then success.
+    plan = {"a": [429, 503, 408], "b": ["slow"], "c": ["drop", 500]}
+    seen: dict[str, int] = {}
+
+    def responder(server: FakeServer, body: dict[str, Any]) -> Reply:
+        user = body["messages"][-1]["content"]
+        n = seen.get(user, 0)
+        seen[user] = n + 1
+        faults = plan[user]
+        if n < len(faults):
+            fault = faults[n]
+            if fault == "slow":
+                time.sleep(0.6)
+            elif fault == "drop":
+                raise ConnectionAbortedError("the handler dies: no answer")
+            else:
+                assert isinstance(fault, int)
+                return fault, {}, {"error": {"message": f"fault {fault}"}}
+        return echo_last_user(server, body)
+
+    server = serve(responder)
+    backend, recorder = make_backend(server.url, concurrency=1, timeout=0.3)
+    gens = backend.generate([req("a"), req("b"), req("c")])
+    assert [g.text for g in gens] == ["re: a", "re: b", "re: c"]
+    assert backend.usage.retries == {"429": 1, "5xx": 2, "408": 1, "timeout": 1, "connection": 1}
+    assert len(recorder.waits) == 6
+
+
+def test_refused_connections_are_counted_and_the_last_try_is_not() -> None:
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    backend, _ = make_backend(url, max_retries=2, backoff_base=0.001)
+    with pytest.raises(BackendError, match="connection refused"):
+        backend.generate([req("a")])
+    assert backend.usage.retries == {"connection": 2}
+
+
+# -- a failure that hits every row (issue 7, item 2) ---------------------------------------------
+
+
+def test_identical_400s_in_a_row_stop_the_run(serve: Callable[..., FakeServer]) -> None:
+    # The request id differs each time; digits are ignored when comparing messages.
+    def responder(server: FakeServer, body: dict[str, Any]) -> Reply:
+        message = f"Unrecognized request argument supplied: repetition_penalty (id {server.calls})"
+        return 400, {}, {"error": {"message": message, "type": "invalid_request_error"}}
+
+    server = serve(responder)
+    backend, recorder = make_backend(server.url, concurrency=1)
+    with pytest.raises(BackendError) as info:
+        backend.generate([req(str(i)) for i in range(10)])
+    message = str(info.value)
+    assert "\n" not in message
+    assert "HTTP 400 to 3 requests in a row" in message
+    assert "Unrecognized request argument supplied: repetition_penalty (id 3)" in message
+    assert server.calls == 3
+    assert recorder.waits == []
+
+
+def test_the_limit_is_a_setting(serve: Callable[..., FakeServer]) -> None:
+    server = serve(lambda s, b: (400, {}, {"error": {"message": "no"}}))
+    backend, _ = make_backend(server.url, concurrency=1, max_consecutive_errors=5)
+    with pytest.raises(BackendError, match="5 requests in a row"):
+        backend.generate([req(str(i)) for i in range(10)])
+    assert server.calls == 5
+    never, _ = make_backend(server.url, concurrency=1, max_consecutive_errors=0)
+    gens = never.generate([req(str(i)) for i in range(6)])
+    assert [g.error for g in gens] == ["HTTP 400: no"] * 6
+
+
+def test_mixed_errors_or_a_success_between_do_not_stop(serve: Callable[..., FakeServer]) -> None:
+    replies: dict[str, Reply] = {
+        "long": (400, {}, {"object": "error", "message": "prompt is too long"}),
+        "top_p": (422, {}, {"error": {"message": "bad top_p"}}),
+        "other": (400, {}, {"object": "error", "message": "bad input"}),
+    }
+
+    def responder(server: FakeServer, body: dict[str, Any]) -> Reply:
+        user = body["messages"][-1]["content"]
+        return replies[user] if user in replies else echo_last_user(server, body)
+
+    server = serve(responder)
+    backend, _ = make_backend(server.url, concurrency=1)
+    mixed = ["long", "top_p", "long", "other", "long", "top_p"]
+    gens = backend.generate([req(x) for x in mixed])
+    assert [g.finish_reason for g in gens] == ["error"] * 6
+    assert gens[0].error == "HTTP 400: prompt is too long"
+    # Two identical errors, a success, two more: the success resets the count.
+    gens = backend.generate([req(x) for x in ["long", "long", "ok", "long", "long"]])
+    assert [g.finish_reason for g in gens] == ["error", "error", "stop", "error", "error"]
+
+
+# -- environment and identity (issue 11, item 5; issue 7, item 4) -------------------------------
+
+
+def test_base_url_and_key_from_the_environment(
+    serve: Callable[..., FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = serve()
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{server.port}")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
+    backend = OpenAIBackend("test-model")
+    assert backend.base_url == server.url
+    assert backend.generate([req("a")])[0].text == "re: a"
+    assert server.headers[0]["authorization"] == "Bearer sk-env"
+    # An explicit argument wins over the variable, as with the official client.
+    other = OpenAIBackend("test-model", "http://127.0.0.1:9/v1")
+    assert other.base_url == "http://127.0.0.1:9/v1"
+
+
+def test_no_base_url_anywhere_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from evolkit.models import BackendFactory, ModelSpec
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(BackendError) as info:
+        OpenAIBackend("m")
+    message = str(info.value)
+    assert "--base-url" in message and "OPENAI_BASE_URL" in message and "\n" not in message
+    # The factory leaves the decision to the backend, so the environment works from the CLI.
+    with pytest.raises(BackendError, match="OPENAI_BASE_URL"):
+        BackendFactory(None).get(ModelSpec(model="m", backend="openai"))
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
+    built = BackendFactory(None).get(ModelSpec(model="m", backend="openai"))
+    assert isinstance(built, OpenAIBackend) and built.base_url == "http://127.0.0.1:8000/v1"
+
+
+def test_cache_id_is_server_and_model() -> None:
+    a = OpenAIBackend("llama", "http://127.0.0.1:8000", api_key="")
+    b = OpenAIBackend("llama", "127.0.0.1:8000/v1/", api_key="")
+    c = OpenAIBackend("llama", "http://127.0.0.1:8001/v1", api_key="")
+    assert a.cache_id == b.cache_id == "http://127.0.0.1:8000/v1|llama"
+    assert c.cache_id != a.cache_id
+    request = req("same prompt")
+    assert request.key(a.cache_id) != request.key(c.cache_id)
+
+
+def test_model_spec_carries_timeout_and_concurrency(serve: Callable[..., FakeServer]) -> None:
+    from evolkit.models import BackendFactory, ModelSpec
+
+    server = serve()
+    spec = ModelSpec(model="m", backend="openai", base_url=server.url, timeout=0.5, concurrency=3)
+    backend = BackendFactory(None).get(spec)
+    assert isinstance(backend, OpenAIBackend)
+    assert (backend.timeout, backend.concurrency) == (0.5, 3)
+    default = BackendFactory(None).get(ModelSpec(model="m", backend="openai", base_url=server.url))
+    assert isinstance(default, OpenAIBackend)
+    assert (default.timeout, default.concurrency) == (120.0, 16)
+
+
+def test_factory_usage_reports_retries(serve: Callable[..., FakeServer]) -> None:
+    from evolkit.models import BackendFactory, ModelSpec
+
+    server = serve(fail_first(1, 429, {"Retry-After": "0"}))
+    factory = BackendFactory(None)
+    backend = factory.get(ModelSpec(model="m", backend="openai", base_url=server.url))
+    backend.generate([req("a")])
+    assert factory.usage()["m"]["retries"] == {"429": 1}

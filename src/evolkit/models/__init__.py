@@ -48,8 +48,10 @@ class ModelSpec:
     api_key: str | None = None
     batch_size: int = 16
     extra_body: str | None = None  # JSON object merged into every HTTP request body
-    timeout: float = 120.0  # seconds per HTTP request
-    concurrency: int = 8  # HTTP requests in flight
+    # HTTP only: seconds per request, and requests in flight (None: the backend's default,
+    # and at least the batch size for concurrency). Runtime settings, not the model's identity.
+    timeout: float | None = None
+    concurrency: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,21 +106,15 @@ class BackendFactory:
         elif spec.backend == "openai":
             from evolkit.models.openai import OpenAIBackend
 
-            if not spec.base_url:
-                raise EvolkitError(
-                    "--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)"
-                )
-            extra: dict[str, Any] = {}
+            # base_url None: the backend falls back to $OPENAI_BASE_URL or says what to pass.
+            options: dict[str, Any] = {
+                "concurrency": spec.concurrency or max(spec.batch_size, 8),
+            }
+            if spec.timeout is not None:
+                options["timeout"] = spec.timeout
             if spec.extra_body:
-                extra["extra_body"] = json.loads(spec.extra_body)
-            inner = OpenAIBackend(
-                spec.model,
-                spec.base_url,
-                api_key=spec.api_key,
-                concurrency=spec.concurrency,
-                timeout=spec.timeout,
-                **extra,
-            )
+                options["extra_body"] = json.loads(spec.extra_body)
+            inner = OpenAIBackend(spec.model, spec.base_url, api_key=spec.api_key, **options)
         elif spec.backend == "vllm":
             from evolkit.models.vllm import VLLMBackend
 
@@ -178,7 +174,7 @@ class BackendFactory:
                 "prompt_tokens": inner.usage.prompt_tokens,
                 "completion_tokens": inner.usage.completion_tokens,
                 "generate_seconds": round(inner.usage.seconds, 2),
-                "retries": dict(inner.usage.retries),
+                "retries": dict(sorted(inner.usage.retries.items())),
             }
         return out
 

@@ -16,6 +16,12 @@ Failure policy, chosen so that a run never silently throws data away and never d
   they raise :class:`~evolkit.errors.BackendError` at once, naming what to fix.
 * Any other 4xx (typically 400 "prompt longer than the context") belongs to that row alone: it
   comes back as a ``Generation`` with ``finish_reason="error"`` so the caller can reject the row.
+  Unless the same error comes back for ``max_consecutive_errors`` requests in a row: then it is
+  the request settings (a field the server refuses, a context too small for ``max_tokens``), not
+  the rows, and :class:`~evolkit.errors.BackendError` stops the run with the server's message.
+
+Only fields the server is sure to understand are sent: the OpenAI ones, plus
+``repetition_penalty`` when the user set it and whatever ``extra_body`` holds.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ import email.utils
 import json
 import os
 import random
+import re
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timezone
@@ -192,25 +200,69 @@ def _drop_echoed_tokens(entries: list[Any], prefill: str) -> list[Any]:
     return entries
 
 
-def _parse_logprobs(choice: dict[str, Any], echoed_prefill: str) -> list[float] | None:
-    """Each generated token's own log-probability, from OpenAI's ``logprobs.content`` list."""
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _parse_alternatives(entry: dict[str, Any]) -> list[tuple[str, float]] | None:
+    alternatives = entry.get("top_logprobs")
+    if not isinstance(alternatives, list):
+        return None
+    out: list[tuple[str, float]] = []
+    for alt in alternatives:
+        if not isinstance(alt, dict):
+            return None
+        token, value = alt.get("token"), _number(alt.get("logprob"))
+        if not isinstance(token, str) or value is None:
+            return None
+        out.append((token, value))
+    return out
+
+
+def _parse_logprobs(
+    choice: dict[str, Any], echoed_prefill: str, want_top: bool
+) -> tuple[list[str] | None, list[float] | None, list[list[tuple[str, float]]] | None]:
+    """Tokens, their log-probabilities and (if asked) the alternatives, from ``logprobs.content``.
+
+    Each part is None when the server sent none or sent it malformed: a half-parsed list would
+    misalign tokens and values, which is worse than having no detail at all.
+    """
     logprobs = choice.get("logprobs")
     if not isinstance(logprobs, dict):
-        return None
+        return None, None, None
     content = logprobs.get("content")
-    if not isinstance(content, list):
-        return None
+    if not isinstance(content, list) or not all(isinstance(e, dict) for e in content):
+        return None, None, None
     if echoed_prefill:
         content = _drop_echoed_tokens(content, echoed_prefill)
     values: list[float] = []
+    tokens: list[str] = []
+    tops: list[list[tuple[str, float]]] = []
+    tokens_ok, tops_ok = True, want_top
     for entry in content:
-        if not isinstance(entry, dict):
-            return None
-        value = entry.get("logprob")
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            return None
-        values.append(float(value))
-    return values
+        value = _number(entry.get("logprob"))
+        if value is None:
+            return None, None, None
+        values.append(value)
+        token = entry.get("token")
+        if isinstance(token, str):
+            tokens.append(token)
+        else:
+            tokens_ok = False
+        if tops_ok:
+            alternatives = _parse_alternatives(entry)
+            if alternatives is None:
+                tops_ok = False
+            else:
+                tops.append(alternatives)
+    return (tokens if tokens_ok else None), values, (tops if tops_ok else None)
+
+
+def _error_signature(status: int, message: str) -> tuple[int, str]:
+    """Errors that differ only in numbers (token counts, request ids) are the same error."""
+    return status, re.sub(r"\d+", "#", message)
 
 
 class _RowError(Exception):
@@ -227,39 +279,69 @@ class OpenAIBackend(Backend):
     ``Retry-After``, which is honoured up to ``backoff_max``. A request waiting to retry keeps
     its concurrency slot, so a rate-limited server is not flooded by the other rows meanwhile.
 
-    ``api_key`` defaults to ``$OPENAI_API_KEY``; pass ``""`` to send no key even if it is set.
-    Local servers usually need none.
+    ``base_url`` and ``api_key`` fall back to ``$OPENAI_BASE_URL`` and ``$OPENAI_API_KEY``, as
+    the official client's do; pass ``api_key=""`` to send no key even if the variable is set
+    (local servers usually need none).
+
+    ``extra_body`` is merged into every request body last, so it can add server-specific
+    fields (vLLM's ``top_k``, ``min_p``) or override a standard one. ``max_consecutive_errors``
+    identical non-retryable errors in a row stop the run (0: never stop, every row fails alone).
     """
 
     def __init__(
         self,
         model: str,
-        base_url: str,
+        base_url: str | None = None,
         api_key: str | None = None,
         concurrency: int = 8,
         timeout: float = 120.0,
         max_retries: int = 6,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
+        extra_body: dict[str, Any] | None = None,
+        max_consecutive_errors: int = 3,
     ) -> None:
         super().__init__()
         if not model:
             raise BackendError("the OpenAI-compatible backend needs a model name: pass --model")
         if concurrency < 1:
             raise BackendError(f"concurrency must be at least 1, got {concurrency}")
-        if timeout <= 0:
+        if not timeout > 0:
             raise BackendError(f"timeout must be positive, got {timeout}")
         if max_retries < 0:
             raise BackendError(f"max_retries must be 0 or more, got {max_retries}")
+        if max_consecutive_errors < 0:
+            raise BackendError(
+                f"max_consecutive_errors must be 0 or more, got {max_consecutive_errors}"
+            )
+        if extra_body is not None and not isinstance(extra_body, dict):
+            raise BackendError(f"extra_body must be a JSON object, got {type(extra_body).__name__}")
+        if base_url is None:
+            base_url = os.environ.get("OPENAI_BASE_URL")
+        if not base_url or not base_url.strip():
+            raise BackendError(
+                "the OpenAI-compatible backend needs a server address: "
+                "pass --base-url (e.g. http://127.0.0.1:8000/v1) or set OPENAI_BASE_URL"
+            )
         self.model = model
         self.model_id = model
         self.base_url = normalize_base_url(base_url)
         self.api_key = os.environ.get("OPENAI_API_KEY") if api_key is None else api_key
         self.concurrency = concurrency
-        self.timeout = timeout
+        self.timeout = float(timeout)
         self.max_retries = max_retries
         self.backoff_base = max(0.0, backoff_base)
         self.backoff_max = max(0.0, backoff_max)
+        self.extra_body: dict[str, Any] = dict(extra_body or {})
+        try:
+            self._extra_json = json.dumps(self.extra_body, sort_keys=True, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise BackendError(f"extra_body cannot be sent as JSON: {exc}") from None
+        self.max_consecutive_errors = max_consecutive_errors
+        # The run of identical non-retryable errors so far: (signature, count). Shared by
+        # concurrent requests; a lock because generate() may be called from several threads.
+        self._streak: tuple[tuple[int, str] | None, int] = (None, 0)
+        self._streak_lock = threading.Lock()
         # Hooks, so tests (and callers who need reproducible waits) can observe or replace them.
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.rng = random.Random()
@@ -269,6 +351,17 @@ class OpenAIBackend(Backend):
     @property
     def chat_url(self) -> str:
         return f"{self.base_url}/chat/completions"
+
+    @property
+    def cache_id(self) -> str:
+        """Server and model name: two servers may serve different weights under one name.
+
+        ``extra_body`` joins it when set, since fields like ``top_k`` change what is written.
+        """
+        ident = f"{self.base_url}|{self.model}"
+        if self.extra_body:
+            ident += "|" + self._extra_json
+        return ident
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Generation]:
         """Answer every request, in order; rows the server rejects come back as errors."""
@@ -341,12 +434,14 @@ class OpenAIBackend(Backend):
             messages.append({"role": "assistant", "content": request.prefill})
             body["continue_final_message"] = True
             body["add_generation_prompt"] = False
-        if params.repetition_penalty not in (None, 1.0):
-            # Not part of the OpenAI API; vLLM, SGLang, llama.cpp server and TGI accept it.
+        if params.repetition_penalty is not None:
+            # Not part of the OpenAI API (which rejects it): sent only when the user set it, for
+            # vLLM, SGLang, llama.cpp server and TGI, which accept it.
             body["repetition_penalty"] = params.repetition_penalty
         if params.logprobs:
             body["logprobs"] = True
-            body["top_logprobs"] = 1
+            body["top_logprobs"] = params.top_logprobs
+        body.update(self.extra_body)
         return body
 
     def parse(self, request: ChatRequest, data: Any) -> Generation:
@@ -370,13 +465,19 @@ class OpenAIBackend(Backend):
         usage = data.get("usage")
         if not isinstance(usage, dict):
             usage = {}
-        token_logprobs = _parse_logprobs(choice, echoed) if request.params.logprobs else None
+        tokens = token_logprobs = top_logprobs = None
+        if request.params.logprobs:
+            tokens, token_logprobs, top_logprobs = _parse_logprobs(
+                choice, echoed, request.params.top_logprobs > 0
+            )
         return Generation(
             text=text,
             finish_reason=finish,
             prompt_tokens=_as_int(usage.get("prompt_tokens")),
             completion_tokens=_as_int(usage.get("completion_tokens")),
+            tokens=tokens,
             token_logprobs=token_logprobs,
+            top_logprobs=top_logprobs,
         )
 
     # -- the async machinery ---------------------------------------------------------------
@@ -437,18 +538,22 @@ class OpenAIBackend(Backend):
             wait: float | None = None
             try:
                 response = await client.post(self.chat_url, json=body)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                last_kind = "connect"
+            except httpx.ConnectTimeout as exc:
+                last_kind, retry_as = "connect", "timeout"
+                last_cause = _describe_transport_error(exc)
+            except httpx.ConnectError as exc:
+                last_kind, retry_as = "connect", "connection"
                 last_cause = _describe_transport_error(exc)
             except httpx.TimeoutException as exc:
-                last_kind = "timeout"
+                last_kind, retry_as = "timeout", "timeout"
                 last_cause = _describe_transport_error(exc)
-            except httpx.TransportError as exc:  # dropped mid-answer, protocol errors, ...
-                last_kind = "transport"
+            except httpx.TransportError as exc:  # dropped mid-answer, reset, protocol errors
+                last_kind, retry_as = "transport", "connection"
                 last_cause = _describe_transport_error(exc)
             else:
                 status = response.status_code
                 if status < 400:
+                    self._note_outcome(None)
                     try:
                         return self.parse(request, response.json())
                     except _RowError as exc:
@@ -463,16 +568,43 @@ class OpenAIBackend(Backend):
                 if status in _RETRY_STATUSES or status >= 500:
                     last_kind = "status"
                     last_cause = f"HTTP {status}: {message}"
+                    retry_as = "5xx" if status >= 500 else str(status)
                     wait = _retry_after_seconds(response.headers)
                 elif status in _FATAL_STATUSES:
                     served = await self._served_models_hint(client) if status == 404 else None
                     raise BackendError(self._fatal_message(status, message, served)) from None
                 else:
+                    self._note_outcome((status, message))
                     return Generation("", "error", error=f"HTTP {status}: {message}")
             if attempt + 1 < tries:
+                self.usage.retries[retry_as] = self.usage.retries.get(retry_as, 0) + 1
                 delay = self._backoff(attempt) if wait is None else min(wait, self.backoff_max)
                 await self.sleep(delay)
         raise BackendError(self._exhausted_message(tries, last_kind, last_cause))
+
+    def _note_outcome(self, error: tuple[int, str] | None) -> None:
+        """Track identical non-retryable errors in a row; raise once there are too many.
+
+        One row's 400 is that row's problem. The same 400 for request after request means
+        every row would fail the same way (a field the server refuses, a context too short for
+        ``max_tokens``), and committing each as a rejected row would throw the dataset away.
+        """
+        with self._streak_lock:
+            if error is None:
+                self._streak = (None, 0)
+                return
+            status, message = error
+            signature = _error_signature(status, message)
+            previous, count = self._streak
+            count = count + 1 if previous == signature else 1
+            self._streak = (signature, count)
+        if self.max_consecutive_errors and count >= self.max_consecutive_errors:
+            raise BackendError(
+                f"the OpenAI-compatible server at {self.base_url} answered HTTP {status} to "
+                f'{count} requests in a row: "{message}"; this is not one bad row but the '
+                "request settings or the server: fix them (see docs/backends.md, 'What is "
+                "sent') and run the same command again"
+            )
 
     def _exhausted_message(self, tries: int, kind: str, cause: str) -> str:
         where = f"the OpenAI-compatible server at {self.base_url}"
