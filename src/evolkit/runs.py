@@ -207,6 +207,8 @@ class RunFolder:
         self.journal_path = self.dir / JOURNAL
         self.log_path = self.dir / LOG
         check_output_folder(self.dir)
+        # Nothing, not even the lock file, goes into a folder holding someone else's files.
+        self._refuse_foreign(overwrite)
         self._lock = RunLock(self.dir)
         self._lock.acquire()
         try:
@@ -231,9 +233,7 @@ class RunFolder:
         self.close()
 
     # -- opening -----------------------------------------------------------------------------
-    def _open(self, config: dict[str, Any], overwrite: bool, settings: Mapping[str, Any]) -> None:
-        cfg_path = self.dir / CONFIG
-        fp = fingerprint(config)
+    def _refuse_foreign(self, overwrite: bool) -> None:
         foreign = foreign_files(self.dir)
         if foreign:
             listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
@@ -242,6 +242,11 @@ class RunFolder:
                 f"{self.dir} holds files evolkit did not write ({listed}); refusing to {what} "
                 "it: choose a new or empty -o folder"
             )
+
+    def _open(self, config: dict[str, Any], overwrite: bool, settings: Mapping[str, Any]) -> None:
+        cfg_path = self.dir / CONFIG
+        fp = fingerprint(config)
+        self._refuse_foreign(overwrite)  # again, now that we hold the lock
         if overwrite:
             # --overwrite always starts over, even when the configuration is unchanged; only
             # our own files go (the lock file stays: we hold it).

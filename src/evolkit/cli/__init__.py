@@ -41,6 +41,11 @@ def main() -> None:
     except EvolkitError as exc:
         error_line(str(exc))
         sys.exit(1)
+    except OSError as exc:
+        # A full or read-only disk, a file that vanished: the user's to fix, not a bug.
+        where = f" {exc.filename}" if exc.filename else ""
+        error_line(f"cannot use{where}: {exc.strerror or exc}")
+        sys.exit(1)
     except Exception as exc:
         if stderr_shows(logging.DEBUG):
             traceback.print_exc()
