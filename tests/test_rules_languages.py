@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from evolkit.records import Record
-from evolkit.stages.eliminate import EliminateStage
+from evolkit.stages.eliminate import DedupStage
 from evolkit.stages.rules import (
     INSTRUCTION_RULES,
     RESPONSE_RULES,
@@ -232,7 +232,7 @@ def test_duplicates_ignore_non_ascii_punctuation() -> None:
         Record(id="a", instruction="写一首关于秋天的诗。"),
         Record(id="b", instruction="写一首关于秋天的诗！"),
     ]
-    out = EliminateStage(rules=["duplicate"]).process(rows)
+    out = DedupStage().process(rows)
     assert [r.rejected for r in out] == [False, True]
 
 

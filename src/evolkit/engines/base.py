@@ -79,10 +79,18 @@ class ChainState:
         for r in failed_rows:
             v = next(v for v in r.verdicts if v.rule == CALL_FAILED)
             reasons[f"{v.stage}: {v.detail}"] += 1
+        # Rows leave in the order of the inputs they came from (stable within one input), so
+        # the files read the same whatever the batch size or the engine.
+        order = {i: n for n, i in enumerate(self.inputs)}
+
+        def ordered(rows: list[Record]) -> list[Record]:
+            keep = [r for r in rows if self.origin[r.id] not in failed]
+            return sorted(keep, key=lambda r: order[self.origin[r.id]])
+
         return BatchOutcome(
             inputs=[i for i in self.inputs if i not in failed],
-            kept=[r for r in self.live if self.origin[r.id] not in failed],
-            rejected=[r for r in self.done if self.origin[r.id] not in failed],
+            kept=ordered(self.live),
+            rejected=ordered(self.done),
             failed_inputs=[i for i in self.inputs if i in failed],
             failures=reasons,
         )

@@ -72,7 +72,16 @@ class AugmentStage(Stage):
 
     name = STEP_NAME
     inputs: ClassVar[tuple[str, ...]] = ("meta.call_index",)
-    outputs: ClassVar[tuple[str, ...]] = ("instruction", "evolver", "meta.constraint_id")
+    outputs: ClassVar[tuple[str, ...]] = (
+        "instruction",
+        "operation",
+        "evolver",
+        "meta.kind",
+        "meta.step",
+        "meta.constraint_id",
+        "meta.origin",
+        "meta.raw",
+    )
     roles: ClassVar[tuple[str, ...]] = ("evolver",)
     evolver: Backend
 

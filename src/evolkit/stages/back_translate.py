@@ -53,7 +53,7 @@ class BackTranslateStage(Stage):
 
     name = STEP_NAME
     inputs: ClassVar[tuple[str, ...]] = ("instruction", "meta.functions")
-    outputs: ClassVar[tuple[str, ...]] = ("meta.backtranslation",)
+    outputs: ClassVar[tuple[str, ...]] = ("meta.step", "meta.backtranslation")
     roles: ClassVar[tuple[str, ...]] = ("evolver", "judge")
     evolver: Backend
     judge: Backend

@@ -25,7 +25,15 @@ class ComposeStage(Stage):
 
     name = STEP_NAME
     inputs: ClassVar[tuple[str, ...]] = ("instruction", "meta.functions")
-    outputs: ClassVar[tuple[str, ...]] = ("instruction", "meta.query", "meta.constraint")
+    outputs: ClassVar[tuple[str, ...]] = (
+        "instruction",
+        "operation",
+        "meta.kind",
+        "meta.step",
+        "meta.query",
+        "meta.query_id",
+        "meta.constraint",
+    )
 
     def __init__(
         self,

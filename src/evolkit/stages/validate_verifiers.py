@@ -56,6 +56,11 @@ class ValidateVerifiersStage(Stage):
     name = STEP_NAME
     inputs: ClassVar[tuple[str, ...]] = ("instruction", "meta.functions", "meta.cases")
     outputs: ClassVar[tuple[str, ...]] = (
+        "meta.step",
+        "meta.kind",
+        "meta.function",
+        "meta.function_index",
+        "meta.score",
         "meta.functions",
         "meta.accuracy",
         "meta.cases",

@@ -24,7 +24,12 @@ STEP_NAME = "respond"
 class VerifyResponsesStage(Stage):
     name = "verify"
     inputs: ClassVar[tuple[str, ...]] = ("output", "meta.functions", "meta.response")
-    outputs: ClassVar[tuple[str, ...]] = ("scores.pass_rate", "meta.verification")
+    outputs: ClassVar[tuple[str, ...]] = (
+        "scores.pass_rate",
+        "meta.kind",
+        "meta.step",
+        "meta.verification",
+    )
 
     roles: ClassVar[tuple[str, ...]] = ("sandbox",)
     sandbox: Sandbox

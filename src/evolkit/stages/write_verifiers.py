@@ -188,7 +188,16 @@ class WriteVerifiersStage(Stage):
 
     name = STEP_NAME
     inputs: ClassVar[tuple[str, ...]] = ("instruction",)
-    outputs: ClassVar[tuple[str, ...]] = ("meta.functions", "meta.cases", "meta.candidates")
+    outputs: ClassVar[tuple[str, ...]] = (
+        "meta.step",
+        "meta.kind",
+        "meta.function",
+        "meta.function_index",
+        "meta.writer",
+        "meta.functions",
+        "meta.cases",
+        "meta.candidates",
+    )
 
     roles: ClassVar[tuple[str, ...]] = ("evolver",)
     evolver: Backend
