@@ -27,7 +27,7 @@ __all__ = [
 @dataclass(frozen=True)
 class ModelSpec:
     model: str = "embedded"
-    backend: str = "local"  # "local" | "openai"
+    backend: str = "local"  # "local" | "openai" | "vllm"
     base_url: str | None = None
     api_key: str | None = None
     batch_size: int = 16
@@ -67,8 +67,12 @@ class BackendFactory:
             inner = OpenAIBackend(
                 spec.model, spec.base_url, api_key=spec.api_key, concurrency=max(spec.batch_size, 8)
             )
+        elif spec.backend == "vllm":
+            from evolkit.models.vllm import VLLMBackend
+
+            inner = VLLMBackend(spec.model)
         else:
-            raise EvolkitError(f"unknown backend {spec.backend!r}; use 'local' or 'openai'")
+            raise EvolkitError(f"unknown backend {spec.backend!r}; use 'local', 'openai' or 'vllm'")
         return CachedBackend(inner, self.cache) if self.cache is not None else inner
 
     def usage(self) -> dict[str, dict[str, float]]:
