@@ -209,14 +209,15 @@ class FakeLLM:
         return logits, logits.log_softmax(-1)
 
     def entries(self, row: Any, chosen: int, k: int) -> dict[int, Any]:
-        out: dict[int, Any] = {}
+        """vLLM's order: the chosen token first, then the top k (once if it is among them)."""
+        rank = int((row > row[chosen]).sum()) + 1
+        out = {chosen: self.api.Logprob(logprob=float(row[chosen]), rank=rank, decoded_token="x")}
         if k > 0:
             values, idx = torch.topk(row, k)
             for r, (v, t) in enumerate(zip(values.tolist(), idx.tolist(), strict=True), start=1):
-                out[int(t)] = self.api.Logprob(logprob=float(v), rank=r, decoded_token="x")
-        own = float(row[chosen])
-        rank = int((row > row[chosen]).sum()) + 1
-        out.setdefault(chosen, self.api.Logprob(logprob=own, rank=rank, decoded_token="x"))
+                out.setdefault(
+                    int(t), self.api.Logprob(logprob=float(v), rank=r, decoded_token="x")
+                )
         return out
 
     def _prompt_logprobs(self, ids: list[int], k: int) -> list[dict[int, Any] | None]:
@@ -397,6 +398,42 @@ def test_logprobs_map_from_vllm_entries(backend: VLLMBackend, tiny: tuple[Any, A
         assert [b for _, b in gen.top_logprobs[j]] == pytest.approx(values.tolist(), abs=1e-5)
         outside += int(t not in idx.tolist())
     assert outside > 0, "the sampled token never ranked below the top k: the test lost its point"
+
+
+def test_alternatives_follow_rank_not_dict_order(backend: VLLMBackend, api: Api) -> None:
+    """vLLM puts the chosen token first in each dict; alternatives are listed by rank, and the
+    chosen token appears among them only when it ranks within the top k."""
+    eos = backend.tokenizer.eos_token_id
+
+    def lp(value: float, rank: int) -> Any:
+        return api.Logprob(logprob=value, rank=rank, decoded_token="?")
+
+    positions = [
+        {101: lp(-1.2, 2), 100: lp(-0.5, 1), 102: lp(-2.0, 3)},
+        {105: lp(-6.0, 7), 102: lp(-2.2, 3), 100: lp(-0.4, 1), 101: lp(-1.1, 2)},
+        {eos: lp(-0.1, 1), 103: lp(-3.0, 2), 104: lp(-3.5, 3)},
+    ]
+    backend.llm.script = lambda ids, sp: api.CompletionOutput(
+        index=0,
+        text="ab",
+        token_ids=[101, 105, eos],
+        cumulative_logprob=None,
+        logprobs=positions,
+        finish_reason="stop",
+        stop_reason=None,
+    )
+    gen = backend.generate(
+        [chat("Hi.", SamplingParams(0.7, 1.0, 3, logprobs=True, top_logprobs=3))]
+    )[0]
+    dec = backend.tokenizer.decode
+    assert gen.completion_tokens == 2 and gen.finish_reason == "stop"
+    assert gen.tokens == [dec([101]), dec([105]), dec([eos])]
+    assert gen.token_logprobs == [-1.2, -6.0, -0.1]
+    assert gen.top_logprobs == [
+        [(dec([100]), -0.5), (dec([101]), -1.2), (dec([102]), -2.0)],
+        [(dec([100]), -0.4), (dec([101]), -1.1), (dec([102]), -2.2)],
+        [(dec([eos]), -0.1), (dec([103]), -3.0), (dec([104]), -3.5)],
+    ]
 
 
 def test_logprobs_without_alternatives_and_off(backend: VLLMBackend) -> None:
