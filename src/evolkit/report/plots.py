@@ -156,9 +156,10 @@ def difficulty_scores(runs: Sequence[RunMeasures], figs: Sequence[dict[str, Any]
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     left.set_ylabel("mean difficulty score (0-100)")
-    left.set_ylim(0, 100)
     right.set_ylabel("hard + very hard (% of labelled rows)")
-    right.set_ylim(0, 100)
+    for ax in (left, right):  # a little headroom, so a point at 100 is not cut in half
+        ax.set_ylim(0, 104)
+        ax.set_yticks(range(0, 101, 20))
     note = _missing(runs, lambda r: bool(series(figs[runs.index(r)], "mean_score")[0])).replace(
         "Not measured", "No difficulty score"
     )
@@ -345,6 +346,7 @@ def eliminations(runs: Sequence[RunMeasures], figs: Sequence[dict[str, Any]]) ->
         ax.set_title(run.name)
         ax.tick_params(axis="x", labelsize=7)
     axes[0].set_ylabel("eliminated rows")
+    axes[0].yaxis.set_major_locator(_integer_ticks())
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     note = _missing(runs, lambda r: r in shown).replace("Not measured", "No eliminated rows")
     return Plot(key, title, how, _svg(fig, key), note)
@@ -377,9 +379,17 @@ def trajectory_methods(runs: Sequence[RunMeasures], figs: Sequence[dict[str, Any
         )
     ax.set_xticks(range(len(keys)), keys)
     ax.set_ylabel("count")
+    ax.yaxis.set_major_locator(_integer_ticks())
     ax.legend()
     note = _missing(runs, lambda r: bool(numeric[r.name]))
     return Plot(key, title, how, _svg(fig, key), note)
+
+
+def _integer_ticks() -> Any:
+    """Counts have no half rows: tick at whole numbers only."""
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
 
 
 def _is_number(v: Any) -> bool:
