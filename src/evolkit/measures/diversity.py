@@ -218,7 +218,7 @@ def nearest_neighbours(
         )
         d, j = _faiss_search(x[ix]) if use_faiss else _exact_search(x[ix])
         dist[ix] = d
-        index[ix] = ix[j]
+        index[ix] = np.where(np.isnan(d), -1, ix[j])
     return dist, index
 
 
