@@ -33,4 +33,16 @@ if ! command -v bwrap >/dev/null 2>&1; then
     echo "setup: bubblewrap (bwrap) not found; install it for the strongest sandbox isolation" >&2
   fi
 fi
+# The report's browser test opens the page in Debian's chromium (headless, through playwright
+# with this executable; no browser download). Dev set-up only; installed where we may.
+if [[ "$extras" == *dev* ]] && ! command -v chromium >/dev/null 2>&1; then
+  if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium (apt-get) for the report's browser test" >&2
+    (apt-get install -y -qq chromium >/dev/null 2>&1 \
+      || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1)) \
+      || echo "setup: could not install chromium; the browser test will be skipped" >&2
+  else
+    echo "setup: chromium not found; install it to run the report's browser test" >&2
+  fi
+fi
 echo "setup: ready (.venv with evolkit[${extras}])" >&2
