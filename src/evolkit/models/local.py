@@ -223,20 +223,23 @@ class LocalBackend(Backend):
         input_ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r in batch])
         mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in batch])
         samplers = [RowSampler(r.params, r.seed, r.ids) for r in batch]
+        plain = params.greedy and samplers[0].penalty is None and not params.logprobs
         out = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
             max_new_tokens=params.max_new_tokens,
             pad_token_id=pad,
-            eos_token_id=sorted(self._eos),
+            eos_token_id=sorted(self._eos) or None,
             # The samplers choose every token (per-row parameters and seeds); `generate` only
-            # takes the one token they leave standing.
+            # takes the one token they leave standing. Plain greedy rows need no help.
             do_sample=False,
             temperature=None,
             top_p=None,
             top_k=None,
             repetition_penalty=1.0,
-            logits_processor=LogitsProcessorList([ChoiceProcessor(samplers, self._eos)]),
+            logits_processor=LogitsProcessorList(
+                [] if plain else [ChoiceProcessor(samplers, self._eos)]
+            ),
         )
         outs: list[Any] = []
         for row, ids in enumerate(out[:, width:].tolist()):
