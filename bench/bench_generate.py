@@ -1,9 +1,12 @@
 """Batched generation against one-prompt-at-a-time generation, same prompts, same model.
 
 Run: .venv/bin/python bench/bench_generate.py [--model embedded] [--prompts 32] [--tokens 64]
+     [--scheduler static|continuous]
 
 Both sides generate greedily with the same token cap, so they produce the same tokens; the
-ratio of tokens per second is the speed-up. The baseline is measured in the same run.
+ratio of tokens per second is the speed-up. The baseline is measured in the same run. The
+default `--scheduler static` measures length-sorted static batches (the figures in
+docs/benchmarks.md); bench/bench_decode.py compares the schedulers on evolve prompts.
 """
 
 from __future__ import annotations
@@ -46,13 +49,16 @@ def main() -> None:
     ap.add_argument("--baseline-prompts", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--batch-sizes", default="8,16,32")
+    ap.add_argument("--scheduler", choices=("static", "continuous"), default="static")
     args = ap.parse_args()
     texts = prompts(args.prompts)
-    backend = LocalBackend(args.model, batch_size=1)
+    backend = LocalBackend(args.model, batch_size=1, scheduler=args.scheduler)
     run(backend, texts[:2], 4, one_by_one=True)  # warm-up
     n1, s1 = run(backend, texts[: args.baseline_prompts], args.tokens, one_by_one=True)
     base = n1 / s1
-    print(f"model {backend.model_id}, {args.tokens} new tokens per prompt, greedy")
+    print(
+        f"model {backend.model_id}, {args.tokens} new tokens per prompt, greedy, {args.scheduler}"
+    )
     print("| mode | prompts | tokens | seconds | tok/s | ratio |")
     print("|---|---:|---:|---:|---:|---:|")
     print(f"| one at a time | {args.baseline_prompts} | {n1} | {s1:.1f} | {base:.1f} | 1.00x |")

@@ -34,7 +34,7 @@ class ResourceSpec:
     roles: dict[str, ModelSpec] = field(default_factory=dict)
     scorer: ScorerSpec | None = None
     sandbox: SandboxSpec | None = None
-    embedder: str | None = None  # a sentence-transformers folder, or "default"
+    embedder: str | None = None  # a sentence-transformers folder; None: all-MiniLM-L6-v2
     cache_path: str | None = None
     #: role -> a ready object to use as that role (not rebuilt in workers, pickled instead).
     objects: dict[str, Any] = field(default_factory=dict)
@@ -77,9 +77,10 @@ class Resources:
             )
             return self._sandbox_cm.__enter__()
         if role == "embedder":
-            from evolkit.measures.diversity import Embedder  # type: ignore[import-not-found]
+            from evolkit.measures.diversity import get_embedder
 
-            return Embedder.load(self.spec.embedder or "default")
+            name = self.spec.embedder
+            return get_embedder(None if name in (None, "default") else name)
         raise EvolkitError(f"unknown role {role!r}")
 
     def _adopt(self, role: str, obj: Any) -> Any:

@@ -1,13 +1,16 @@
-"""Local transformers backend: batched, length-sorted, left-padded generation on CPU or GPU.
+"""Local transformers backend: continuous batching with shared-prefix reuse, on CPU or GPU.
 
-Sorting prompts by length before batching keeps padding small; left padding lets a whole batch
-decode together. fp32 on CPU because bf16 matrix products ran ~100x slower on these CPUs.
+The decode loop lives in `evolkit.models.decode`: one running batch that finished rows leave and
+waiting requests join, prompts' common prefix computed once, each request sampling with its own
+seed. The older static path (length-sorted, left-padded batches through `model.generate`) stays
+selectable with `scheduler="static"`, for comparison and for models whose cache layout the
+decode loop does not handle. fp32 on CPU because bf16 matrix products ran ~100x slower on these
+CPUs.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,8 +45,17 @@ def resolve_model_path(spec: str) -> tuple[str, str]:
     return spec, spec
 
 
+SCHEDULERS = ("continuous", "static")
+
+
 class LocalBackend(Backend):
-    """A Hugging Face causal LM loaded in-process."""
+    """A Hugging Face causal LM loaded in-process.
+
+    `batch_size` is the most rows decoded at once (the memory bound of the running batch);
+    `scheduler` picks the continuous decode loop or the static `model.generate` batches;
+    `prefix_reuse` turns shared-prefix reuse on or off, and `prefix_cache_mb` bounds the
+    key/value states of shared prefixes kept from one call to the next (0 keeps none).
+    """
 
     def __init__(
         self,
@@ -51,11 +63,21 @@ class LocalBackend(Backend):
         batch_size: int = 16,
         device: str | None = None,
         dtype: str = "auto",
+        *,
+        scheduler: str = "continuous",
+        prefix_reuse: bool = True,
+        prefix_cache_mb: float = 256.0,
     ) -> None:
         super().__init__()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if scheduler not in SCHEDULERS:
+            raise BackendError(
+                f"unknown scheduler '{scheduler}': use one of {', '.join(SCHEDULERS)}"
+            )
+        if prefix_cache_mb < 0:
+            raise BackendError(f"prefix_cache_mb must be 0 or more, not {prefix_cache_mb}")
         quiet_transformers()
         path, self.model_id = resolve_model_path(model)
         self.batch_size = max(1, batch_size)
@@ -79,6 +101,28 @@ class LocalBackend(Backend):
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         self._torch = torch
+        self._eos = _eos_ids(self.model, tok)
+        self._token_texts: dict[int, str] = {}
+        self._setup_decoder(scheduler, prefix_reuse, prefix_cache_mb)
+
+    def _setup_decoder(self, scheduler: str, prefix_reuse: bool, prefix_cache_mb: float) -> None:
+        from evolkit.models.decode import ContinuousDecoder, PrefixStore, supports_slots
+
+        # Models with sliding-window or linear-attention layers keep their cache their own
+        # way; they fall back to the static path, which transformers handles for them.
+        if scheduler == "continuous" and not supports_slots(self.model):
+            scheduler = "static"
+        self.scheduler = scheduler
+        self.prefix_reuse = prefix_reuse and scheduler == "continuous"
+        store = PrefixStore(int(prefix_cache_mb * 2**20)) if self.prefix_reuse else None
+        self._decoder: Any = ContinuousDecoder(
+            self.model, self._eos, self.tokenizer.pad_token_id, self.batch_size, store
+        )
+
+    @property
+    def decode_stats(self) -> Any:
+        """What the continuous decoder did so far (`evolkit.models.decode.DecodeStats`)."""
+        return self._decoder.stats
 
     @functools.cached_property
     def cache_id(self) -> str:
@@ -104,83 +148,119 @@ class LocalBackend(Backend):
 
     # -- generation --------------------------------------------------------------------------
     def generate(self, requests: Sequence[ChatRequest]) -> list[Generation]:
-        results: list[Generation | None] = [None] * len(requests)
-        texts = [self.render(r) for r in requests]
-        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        # Group by sampling parameters (they apply per generate call), then by length.
-        groups: dict[SamplingParams, list[int]] = {}
-        for i, req in enumerate(requests):
-            groups.setdefault(req.params, []).append(i)
-        for params, idxs in groups.items():
-            idxs.sort(key=lambda i: len(encoded[i]))
-            for start in range(0, len(idxs), self.batch_size):
-                chunk = idxs[start : start + self.batch_size]
-                for i, gen in zip(
-                    chunk, self._generate_batch([encoded[i] for i in chunk], params), strict=True
-                ):
-                    results[i] = gen
-        out = [g if g is not None else Generation(text="", finish_reason="error") for g in results]
-        for g in out:
-            self.usage.add(g)
-        return out
+        from evolkit.models.decode import DecodeRow
 
-    def _generate_batch(self, batch: list[list[int]], params: SamplingParams) -> list[Generation]:
-        torch = self._torch
-        tok = self.tokenizer
         t0 = time.perf_counter()
-        width = max(len(ids) for ids in batch)
-        pad = tok.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch])
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch])
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": params.max_new_tokens,
-            "pad_token_id": pad,
-            "return_dict_in_generate": True,
-            "output_scores": params.logprobs,
-        }
-        if params.repetition_penalty not in (None, 1.0):
-            kwargs["repetition_penalty"] = params.repetition_penalty
-        if params.greedy:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-            kwargs["top_k"] = None
-            # One seed per batch, derived from the run seed and the batch's prompts, so a
-            # rerun of the same batch samples the same tokens.
-            digest = hashlib.sha256(repr((params.seed, batch)).encode()).digest()
-            torch.manual_seed(int.from_bytes(digest[:8], "little") % (2**63))
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
-            )
-        seqs = out.sequences[:, width:].tolist()
-        eos_ids = _eos_ids(self.model, tok)
-        gens: list[Generation] = []
-        for row, ids in enumerate(seqs):
-            n = len(ids)
-            finish = "length"
-            for j, t in enumerate(ids):
-                if t in eos_ids:
-                    n, finish = j, "stop"
-                    break
-            logprobs = None
-            if params.logprobs and out.scores is not None:
-                logprobs = [
-                    float(torch.log_softmax(out.scores[j][row].float(), -1).max())
-                    for j in range(min(n + (1 if finish == "stop" else 0), len(out.scores)))
-                ]
-            text = str(tok.decode(ids[:n], skip_special_tokens=True))
-            gens.append(
-                Generation(
-                    text=text,
-                    finish_reason=finish,
-                    prompt_tokens=len(batch[row]),
-                    completion_tokens=n,
-                    token_logprobs=logprobs,
+        results: list[Generation | None] = [None] * len(requests)
+        todo: list[int] = []
+        rows: list[DecodeRow] = []
+        for i, req in enumerate(requests):
+            ids = list(self.tokenizer(self.render(req), add_special_tokens=False)["input_ids"])
+            if not ids:
+                results[i] = Generation(
+                    text="", finish_reason="error", error="empty prompt: nothing to continue"
                 )
-            )
+                continue
+            todo.append(i)
+            rows.append(DecodeRow(ids, req.params, req.sampling_seed()))
+        if rows:
+            with self._torch.inference_mode():
+                if self.scheduler == "continuous":
+                    self._decoder.max_rows = self.batch_size
+                    outs = self._decoder.run(rows)
+                else:
+                    outs = self._static(rows)
+            for i, row, out in zip(todo, rows, outs, strict=True):
+                results[i] = self._generation(out, len(row.ids))
+        gens = [g if g is not None else Generation(text="", finish_reason="error") for g in results]
+        for g in gens:
+            self.usage.add(g)
         self.usage.seconds += time.perf_counter() - t0
         return gens
+
+    def _generation(self, out: Any, prompt_tokens: int) -> Generation:
+        """A decoded row as a Generation; the stop token is not part of the text or the count,
+        but keeps its place in the per-token lists (its probability says how sure the stop was)."""
+        n = len(out.ids) - (1 if out.finish == "stop" else 0)
+        gen = Generation(
+            text=str(self.tokenizer.decode(out.ids[:n], skip_special_tokens=True)),
+            finish_reason=out.finish,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=n,
+        )
+        if out.logprobs is not None:
+            gen.tokens = [self._token_text(t) for t in out.ids]
+            gen.token_logprobs = list(out.logprobs)
+        if out.top is not None:
+            gen.top_logprobs = [[(self._token_text(t), lp) for t, lp in pos] for pos in out.top]
+        return gen
+
+    def _token_text(self, token: int) -> str:
+        text = self._token_texts.get(token)
+        if text is None:
+            text = self._token_texts[token] = str(self.tokenizer.decode([token]))
+        return text
+
+    # -- the static path ---------------------------------------------------------------------
+    def _static(self, rows: Sequence[Any]) -> list[Any]:
+        """Length-sorted batches of rows with the same parameters through `model.generate`."""
+        from evolkit.models.decode import RowOutput
+
+        results: list[Any] = [None] * len(rows)
+        groups: dict[SamplingParams, list[int]] = {}
+        for i, row in enumerate(rows):
+            if row.params.max_new_tokens <= 0:
+                results[i] = RowOutput([], "length")
+            else:
+                groups.setdefault(row.params, []).append(i)
+        for params, idxs in groups.items():
+            idxs.sort(key=lambda i: len(rows[i].ids))
+            for start in range(0, len(idxs), self.batch_size):
+                chunk = idxs[start : start + self.batch_size]
+                outs = self._static_batch([rows[i] for i in chunk], params)
+                for i, out in zip(chunk, outs, strict=True):
+                    results[i] = out
+        return results
+
+    def _static_batch(self, batch: list[Any], params: SamplingParams) -> list[Any]:
+        from transformers import LogitsProcessorList
+
+        from evolkit.models.decode import ChoiceProcessor, RowOutput, RowSampler
+
+        torch = self._torch
+        width = max(len(row.ids) for row in batch)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r in batch])
+        mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in batch])
+        samplers = [RowSampler(r.params, r.seed, r.ids) for r in batch]
+        plain = params.greedy and samplers[0].penalty is None and not params.logprobs
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=sorted(self._eos) or None,
+            # The samplers choose every token (per-row parameters and seeds); `generate` only
+            # takes the one token they leave standing. Plain greedy rows need no help.
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            repetition_penalty=1.0,
+            logits_processor=LogitsProcessorList(
+                [] if plain else [ChoiceProcessor(samplers, self._eos)]
+            ),
+        )
+        outs: list[Any] = []
+        for row, ids in enumerate(out[:, width:].tolist()):
+            n, finish = len(ids), "length"
+            for j, t in enumerate(ids):
+                if t in self._eos:
+                    n, finish = j + 1, "stop"
+                    break
+            sampler = samplers[row]
+            outs.append(RowOutput(ids[:n], finish, sampler.logprobs, sampler.top))
+        return outs
 
 
 def _eos_ids(model: Any, tok: Any) -> set[int]:
