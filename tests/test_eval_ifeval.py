@@ -369,6 +369,8 @@ def test_other_settings_or_foreign_folders_are_refused(tmp_path: Path) -> None:
         evaluate(backend, out, limit=1, max_new_tokens=9, progress=False)
     s = evaluate(backend, out, limit=1, max_new_tokens=9, overwrite=True, progress=False)
     assert s["generation"]["generated_now"] == 1
+    s = evaluate(backend, out, limit=1, max_new_tokens=9, overwrite=True, progress=False)
+    assert s["generation"]["generated_now"] == 1  # --overwrite starts over even when unchanged
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")

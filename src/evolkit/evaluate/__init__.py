@@ -131,7 +131,6 @@ def evaluate(
         "limit": limit,
         "generation": {
             "greedy": True,
-            "chat_template": True,
             "max_new_tokens": max_new_tokens,
             "batch_size": batch_size,
             "generated_now": len(todo),
@@ -172,16 +171,21 @@ def _prepare_folder(out: Path, config: dict[str, Any], overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise EvolkitError(f"{out} is a file, not a folder")
     if cfg_path.exists():
-        old = json.loads(cfg_path.read_text(encoding="utf-8"))
-        if old != config:
-            if not overwrite:
-                changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-                raise ConfigMismatchError(
-                    f"{out} holds an evaluation with other settings (changed: "
-                    f"{', '.join(changed)}); use another -o folder, or --overwrite to replace it"
-                )
+        try:
+            old = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise EvolkitError(f"{cfg_path}: not valid JSON; use another -o folder") from None
+        if overwrite:
+            # Starts over even with the same settings, like a run folder's --overwrite; only the
+            # files evaluate writes are removed.
             for name in _OUR_FILES:
                 (out / name).unlink(missing_ok=True)
+        elif old != config:
+            changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise ConfigMismatchError(
+                f"{out} holds an evaluation with other settings (changed: "
+                f"{', '.join(changed)}); use another -o folder, or --overwrite to replace it"
+            )
     elif out.exists() and any(out.iterdir()):
         raise EvolkitError(
             f"{out} is not empty and holds no evolkit evaluation: choose another -o folder"

