@@ -322,8 +322,11 @@ def test_eval_end_to_end_with_a_tiny_model_resumes(tmp_path: Path, tiny_model_di
     assert json.loads((out / "summary.json").read_text()) == s
     assert [r.key for r in load_results(out)] == keys
 
+    assert s["model"] == tiny_model_dir.name  # the id the backend reports
+
     # A rerun generates nothing; a lost line (a run killed mid-batch) is the only one redone.
-    assert evaluate(str(tiny_model_dir), out, **kw)["generation"]["generated_now"] == 0
+    rerun = evaluate(str(tiny_model_dir), out, **kw)
+    assert rerun["generation"]["generated_now"] == 0 and rerun["model"] == s["model"]
     lines = (out / "responses.jsonl").read_text().splitlines(keepends=True)
     (out / "responses.jsonl").write_text("".join(lines[:-1]) + lines[-1][:10])  # torn tail
     again = evaluate(str(tiny_model_dir), out, **kw)

@@ -98,10 +98,8 @@ def evaluate(
     todo = [p for p in prompts if p.key not in done]
     t_gen = time.perf_counter()
     failed = 0
-    model_id = model_name
     if todo:
         backend = model if isinstance(model, Backend) else _load_backend(model, batch_size)
-        model_id = backend.model_id
         try:
             failed = _generate(backend, todo, responses_path, batch_size, max_new_tokens, progress)
         finally:
@@ -121,9 +119,11 @@ def evaluate(
     _write_jsonl_atomic(out / SCORES_FILE, [r.to_dict() for r in results])
     figures = metrics(results)
     finish = Counter(done[p.key].get("finish_reason", "stop") for p in prompts)
+    # The id the backend reported when it answered (a resumed run need not load the model).
+    model_ids = sorted({str(done[p.key].get("model", model_name)) for p in prompts})
     summary: dict[str, Any] = {
         "bench": bench,
-        "model": model_id,
+        "model": model_ids[0] if len(model_ids) == 1 else model_ids,
         **{m: figures[m] for m in METRICS},
         "prompts": figures["prompts"],
         "instructions": figures["instructions"],
@@ -264,6 +264,7 @@ def _generate(
                         "response": g.text,
                         "finish_reason": g.finish_reason,
                         "completion_tokens": g.completion_tokens,
+                        "model": backend.model_id,
                     }
                 )
             sink.write(rows)
