@@ -11,6 +11,7 @@ import traceback
 
 from evolkit.cli import autoif as _autoif  # noqa: F401
 from evolkit.cli import cache as _cache  # noqa: F401
+from evolkit.cli import evaluate as _evaluate  # noqa: F401
 from evolkit.cli import evolve as _evolve  # noqa: F401  (registers the command)
 from evolkit.cli import export as _export  # noqa: F401
 from evolkit.cli import score as _score  # noqa: F401
