@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from evolkit.cli.common import OverwriteOpt, app
+from evolkit.cli.common import app
 from evolkit.console import console
 
 
@@ -27,7 +27,7 @@ def eval_cmd(
         int, typer.Option(help="Tokens per answer (lm-eval's IFEval uses 1280).")
     ] = 1280,
     seed: Annotated[int, typer.Option(help="Seed of the checkers' random draws.")] = 0,
-    overwrite: OverwriteOpt = False,
+    overwrite: Annotated[bool, typer.Option(help="Start the evaluation over in OUT.")] = False,
 ) -> None:
     """Answer a benchmark's prompts greedily and score them with its own checkers."""
     from evolkit.evaluate import evaluate
@@ -54,4 +54,4 @@ def eval_cmd(
         f"  prompt-level loose  {s['prompt_level_loose_acc']:.4f}   "
         f"instruction-level loose  {s['inst_level_loose_acc']:.4f}"
     )
-    console.print(f"[green]summary:[/] {s['outputs']['summary']}")
+    console.print(f"summary: {s['outputs']['summary']}", markup=False, highlight=False)
