@@ -189,6 +189,26 @@ def _messages(record: Record) -> list[Turn]:
     return [*head, *before, *exchange, *after]
 
 
+def prompt_completion_row(record: Record) -> dict[str, list[Turn]]:
+    """TRL's conversational prompt-completion row: the loss falls on the completion only.
+
+    The prompt is the system line, the turns before the query and the query; the completion is
+    the response. Turns after the response (a longer conversation) are not part of the row.
+    """
+    before, _ = _chain(record)
+    system = _system(record)
+    head: list[Turn] = [{"role": "system", "content": system}] if system else []
+    return {
+        "prompt": [*head, *before, {"role": "user", "content": record.query}],
+        "completion": [{"role": "assistant", "content": record.output}],
+    }
+
+
+def prompt_completion_rows(records: Iterable[Record]) -> list[dict[str, list[Turn]]]:
+    """The trainable rows (kept, with a response) as prompt-completion rows."""
+    return [prompt_completion_row(r) for r in _trainable(records, ExportResult())]
+
+
 def _alternates(turns: list[Turn], odd: tuple[str, ...], even: tuple[str, ...]) -> bool:
     """LLaMA-Factory's rule: prompt roles at even positions, reply roles at odd, even length."""
     return len(turns) % 2 == 0 and all(
