@@ -238,8 +238,8 @@ def test_failed_calls_are_not_committed_and_a_rerun_redoes_them(tmp_path: Path) 
             progress=False,
             backends=backends(evolver=broken),
         )
-    assert not (tmp_path / "run" / "rejected.jsonl").exists()
-    assert not (tmp_path / "run" / "evolved.jsonl").exists()
+    assert (tmp_path / "run" / "rejected.jsonl").read_text() == ""
+    assert (tmp_path / "run" / "evolved.jsonl").read_text() == ""
     assert err.value.summary["failed_calls"]["rows_left_for_next_run"] == len(SEEDS)
     summary = evolve(
         seeds,

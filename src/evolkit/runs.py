@@ -352,6 +352,11 @@ class RunFolder:
         if len(valid) != len(entries) or self.journal_path.exists():
             # Also drops a torn last line of the journal itself.
             _rewrite(self.journal_path, valid)
+        # A run with nothing kept (or nothing rejected) still has both files: readers and
+        # exports then see an empty result, not a missing one.
+        with writing(self.dir):
+            for path in files.values():
+                path.touch()
 
     def done_inputs(self, step: str) -> set[str]:
         return set(self._done.get(step, set()))
