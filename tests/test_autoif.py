@@ -270,7 +270,8 @@ def test_resume_after_a_crash_has_no_duplicates(tmp_path: Path) -> None:
     # 1 augmentation call + 3 verifier answers for the first constraint, then the model dies
     flaky = ScriptedBackend(evolver_answer, "evolver-x", fail_after=4)
     with pytest.raises(RuntimeError, match="scripted crash"):
-        run(tmp_path, out, batch_size=1, backends=backends(evolver=flaky))
+        # one batch at a time, so the crash lands where the comment above says
+        run(tmp_path, out, batch_size=1, concurrent_batches=1, backends=backends(evolver=flaky))
     journal = read(out / "checkpoint.jsonl")
     assert {e["step"] for e in journal} == {"augment", "verifiers"}
 

@@ -109,7 +109,7 @@ def engine(request: pytest.FixtureRequest) -> str:
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     """One uninterrupted local run at batch size 16: what every other run must equal."""
     tmp = tmp_path_factory.mktemp("reference")
-    run(write_seeds(tmp / "seeds.jsonl"), tmp / "run", "local", batch_size=16)
+    run(write_seeds(tmp / "seeds.jsonl"), tmp / "run", "local", batch_size=16, concurrent_batches=1)
     rows = outputs(tmp / "run")
     assert rows["evolved.jsonl"] and rows["rejected.jsonl"]
     rules = {json.loads(x)["verdicts"][-1]["rule"] for x in rows["rejected.jsonl"]}
@@ -121,10 +121,11 @@ def test_rows_do_not_depend_on_engine_or_batch_size(
     engine: str, reference: dict[str, list[str]], tmp_path: Path
 ) -> None:
     seeds = write_seeds(tmp_path / "seeds.jsonl")
-    for size in (1, 4) if engine == "local" else (4,):
-        out = tmp_path / f"run-{size}"
-        summary = run(seeds, out, engine, batch_size=size)
-        assert outputs(out) == reference, f"{engine} at batch size {size}"
+    settings = [(1, 1), (4, 1), (2, 4)] if engine == "local" else [(4, 1)]
+    for size, overlap in settings:
+        out = tmp_path / f"run-{size}-{overlap}"
+        summary = run(seeds, out, engine, batch_size=size, concurrent_batches=overlap)
+        assert outputs(out) == reference, f"{engine}: batch size {size}, {overlap} in flight"
         assert summary["engine"]["engine"] == engine
 
 
@@ -134,7 +135,8 @@ def test_resume_after_a_crash_and_a_torn_line(
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     out = tmp_path / "run"
     with pytest.raises(Exception, match="scripted crash"):
-        run(seeds, out, engine, backends=backends(fail_after=5))
+        # one batch at a time, so some batches are committed before the crash
+        run(seeds, out, engine, backends=backends(fail_after=5), concurrent_batches=1)
     if engine == "local":  # Ray may fail the whole dataset before the driver commits a batch
         committed = outputs(out)
         assert len(committed["evolved.jsonl"]) + len(committed["rejected.jsonl"]) > 0
@@ -214,3 +216,63 @@ def test_ray_scores_equal_local_scores(
         assert x.keys() == y.keys()
         for k in x:
             assert abs(x[k] - y[k]) < 1e-4, k
+
+
+class CountingBackend(ScriptedBackend):
+    """Counts generate calls (not requests): merged calls show up as fewer calls."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.generate_calls = 0
+        self.sizes: list[int] = []
+
+    def generate(self, requests: Any) -> Any:
+        self.generate_calls += 1
+        self.sizes.append(len(requests))
+        return super().generate(requests)
+
+
+def test_batches_in_flight_share_model_calls(tmp_path: Path) -> None:
+    """The local engine merges the calls of batches in flight: fewer, fuller model calls,
+    and the same rows."""
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    calls = {}
+    for overlap in (1, 4):
+        model = CountingBackend(lambda r: responder(r) if "answer" in str(r) else evolver(r))
+        b = {
+            "evolver": CountingBackend(evolver, "evolver-x"),
+            "judge": CountingBackend(judge, "judge-x"),
+            "responder": CountingBackend(responder, "responder-x"),
+        }
+        del model
+        out = tmp_path / f"run-{overlap}"
+        run(seeds, out, "local", batch_size=2, concurrent_batches=overlap, backends=b)
+        calls[overlap] = {role: (m.generate_calls, max(m.sizes)) for role, m in b.items()}
+        if overlap == 4:
+            assert outputs(out) == outputs(tmp_path / "run-1")
+    for role in ("evolver", "judge", "responder"):
+        assert calls[4][role][0] < calls[1][role][0], role
+        assert calls[4][role][1] > calls[1][role][1], role
+
+
+def test_a_failed_batch_in_flight_keeps_earlier_batches(tmp_path: Path) -> None:
+    """Batches before the one that failed are committed, as one at a time would have."""
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+
+    def fails_on_topic_8(req: ChatRequest) -> str:
+        if "number 8" in instruction_of(req):
+            raise RuntimeError("scripted crash")
+        return evolver(req)
+
+    class PerRequest(ScriptedBackend):
+        def generate(self, requests: Any) -> Any:
+            return [g for r in requests for g in ScriptedBackend.generate(self, [r])]
+
+    b = backends()
+    b["evolver"] = PerRequest(fails_on_topic_8, "evolver-x")
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="scripted crash"):
+        run(seeds, out, "local", rounds=1, batch_size=2, concurrent_batches=2, backends=b)
+    journal = [json.loads(x) for x in (out / "checkpoint.jsonl").read_text().splitlines()]
+    done = [i for e in journal for i in e["inputs"]]
+    assert len(done) >= 2 and len(done) % 2 == 0  # whole batches, from the start

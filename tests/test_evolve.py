@@ -140,6 +140,9 @@ def test_resume_after_crash_neither_recomputes_nor_duplicates(tmp_path: Path) ->
             cache=None,
             progress=False,
             batch_size=2,
+            # one batch at a time: the crash lands after some batches were committed (batches
+            # in flight together share model calls, and so a crash)
+            concurrent_batches=1,
             backends=backends(responder=crashing),
         )
     first = read(out / "evolved.jsonl") + read(out / "rejected.jsonl")

@@ -62,6 +62,12 @@ class RunSettings(Settings):
         choices=ENGINES,
         fingerprint=False,
     )
+    concurrent_batches: int = opt(
+        4,
+        "Local engine: batches in flight at once; their model calls are merged, so a local "
+        "model always gets a full batch (1 = one batch at a time).",
+        fingerprint=False,
+    )
     workers: int = opt(2, "Ray: workers (actors) per model stage.", fingerprint=False)
     address: str | None = opt(
         None,
@@ -93,6 +99,8 @@ class RunSettings(Settings):
             raise EvolkitError("batch_size must be at least 1")
         if self.workers < 1:
             raise EvolkitError("workers must be at least 1")
+        if self.concurrent_batches < 1:
+            raise EvolkitError("concurrent_batches must be at least 1")
         if self.limit is not None and self.limit < 1:
             raise EvolkitError("limit must be at least 1")
 
@@ -346,7 +354,12 @@ def make_engine(settings: RunSettings, spec: ResourceSpec) -> Engine:
         )
     from evolkit.engines.local import LocalEngine
 
-    return LocalEngine(spec, batch_size=settings.batch_size, progress=settings.progress)
+    return LocalEngine(
+        spec,
+        batch_size=settings.batch_size,
+        progress=settings.progress,
+        concurrent_batches=settings.concurrent_batches,
+    )
 
 
 def count_rows(rows: Iterable[Any]) -> int:

@@ -13,9 +13,11 @@ Rules every stage keeps (tests/test_stage_contract.py checks them for every stag
   to the rejects file; a row whose *model call* failed is marked with :func:`call_failed`, and
   the engine neither keeps nor rejects it, so the next run redoes it;
 * a `partitionable` stage gives the same rows for any split of its input:
-  ``process(a + b) == process(a) + process(b)``. A stage that must see every row of a step in
-  order (deduplication across the run) says ``partitionable = False``; engines then run it in
-  one place, in input order, and call `resume` with what an earlier run already kept.
+  ``process(a + b) == process(a) + process(b)``, and keeps no state between calls (the local
+  engine may call it from several threads at once, each with its own batch). A stage that must
+  see every row of a step in order (deduplication across the run) says
+  ``partitionable = False``; engines then run it in one place, in input order, and call
+  `resume` with what an earlier run already kept.
 """
 
 from __future__ import annotations
