@@ -5,7 +5,7 @@ Needs a CUDA GPU and `pip install 'evolkit[vllm]'`; exits with one line where ei
     python bench/bench_gpu.py --model /models/Llama-3.1-8B-Instruct [--rows 256]
 
 (a) evolve. One Evol-Instruct round (evolve -> eliminate -> respond -> eliminate) through
-    `evolkit.scenarios.evol_instruct.evolve`, every role on ModelSpec(backend="vllm", model=M),
+    `evolkit.scenarios.evol_instruct.evolve`, every role on the vllm backend (`backend="vllm", evolver=M`),
     no call cache. Every request evolkit hands the engine is recorded, then the very same
     requests (same token ids, same SamplingParams, same per-request seeds) are replayed straight
     into the same `vllm.LLM`:
@@ -134,11 +134,9 @@ def replay(llm: Any, calls: list[Call], one_call: bool) -> tuple[float, int]:
 def bench_evolve(
     args: argparse.Namespace, llm: Any, model: str, rows: list[dict[str, str]]
 ) -> dict[str, Any]:
-    from evolkit.models import ModelSpec
     from evolkit.scenarios.evol_instruct import EvolConfig, evolve
 
-    spec = ModelSpec(backend="vllm", model=model)
-    config = EvolConfig(rounds=args.rounds, evolver=spec, responder=spec, judge=spec, seed=0)
+    config = EvolConfig(rounds=args.rounds, backend="vllm", evolver=model, seed=0)
     recorder = Recorder(llm.generate)
     with tempfile.TemporaryDirectory(prefix="evolkit-bench-gpu-") as tmp:
         seeds = Path(tmp) / "seeds.jsonl"
@@ -152,6 +150,7 @@ def bench_evolve(
                 config,
                 overwrite=True,
                 batch_size=len(rows),  # one engine step per stage: vLLM sees every row at once
+                concurrent_batches=1,
                 cache=None,
                 progress=False,
             )
