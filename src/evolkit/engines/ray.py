@@ -16,6 +16,7 @@ import copy
 import json
 import logging
 import os
+import resource
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -99,6 +100,9 @@ class ChainActor:
             usage = data.get("usage", {})
             merge_usage(usage, self._usage_delta())
             result["usage"] = usage
+            # What this worker holds: its peak resident memory (models, caches).
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            result["worker_mb"] = max(float(data.get("worker_mb", 0.0)), round(peak, 1))
             out.append(json.dumps(result))
         return {"state": np.array(out, dtype=object)}
 
@@ -138,6 +142,7 @@ class RayEngine(Engine):
         self._started = False
         self._usage: dict[str, dict[str, Any]] = {}
         self._sandbox: dict[str, Any] | None = None
+        self.worker_mb = 0.0  # the largest peak resident memory a worker reported
         if not self.ray.is_initialized():
             self._init()
         # Ray Data logs every operator's metrics when a run fails: our own line says enough.
@@ -181,6 +186,7 @@ class RayEngine(Engine):
             "batch_size": self.batch_size,
             "workers": self.workers,
             "address": self.address or "local",
+            "worker_peak_mb": self.worker_mb,
         }
 
     def run(
@@ -223,6 +229,7 @@ class RayEngine(Engine):
                     for row in ds.iter_rows():
                         data = json.loads(row["state"])
                         merge_usage(self._usage, data.pop("usage", {}))
+                        self.worker_mb = max(self.worker_mb, float(data.pop("worker_mb", 0.0)))
                         outcome = ChainState.from_json(data).outcome()
                         commit_outcome(run, step, outcome)
                         kept_new.extend(outcome.kept)

@@ -239,6 +239,7 @@ class Runner:
         self.failures: Counter[str] = Counter()
         self.work_seconds = 0.0
         self.bad_records = 0
+        self.step_times: dict[str, dict[str, Any]] = {}
 
     # -- context -----------------------------------------------------------------------------
     def __enter__(self) -> Runner:
@@ -285,6 +286,9 @@ class Runner:
         self.work_seconds += time.perf_counter() - t0
         self.processed += result.processed
         self.failed += result.failed
+        timing = self.step_times.setdefault(name, {"rows": 0, "seconds": 0.0})
+        timing["rows"] += result.processed
+        timing["seconds"] = round(timing["seconds"] + result.seconds, 2)
         self.failures.update(result.failures)
         if result.failed:
             log.warning(
@@ -312,6 +316,13 @@ class Runner:
                 "work": round(work, 2),
             },
             "rows_processed_this_invocation": self.processed,
+            # per step, this invocation: rows committed, seconds, and seconds per 1,000 rows
+            "step_seconds": {
+                k: {**v, "per_1000_rows": round(1000 * v["seconds"] / v["rows"], 1)}
+                if v["rows"]
+                else v
+                for k, v in self.step_times.items()
+            },
             "rows_per_s": round(self.processed / work, 4) if work > 0 else None,
             "resumed": self.folder.resumed,
             "bad_records": self.bad_records,
