@@ -5,8 +5,9 @@ Needs a CUDA GPU and `pip install 'evolkit[vllm]'`; exits with one line where ei
     python bench/bench_gpu.py --model /models/Llama-3.1-8B-Instruct [--rows 256]
 
 (a) evolve. One Evol-Instruct round (evolve -> eliminate -> respond -> eliminate) through
-    `evolkit.scenarios.evol_instruct.evolve`, every role on the vllm backend (`backend="vllm", evolver=M`),
-    no call cache. Every request evolkit hands the engine is recorded, then the very same
+    `evolkit.scenarios.evol_instruct.evolve`, every role on the vllm backend
+    (`backend="vllm", evolver=M`), no call cache. Every request evolkit hands the engine is
+    recorded, then the very same
     requests (same token ids, same SamplingParams, same per-request seeds) are replayed straight
     into the same `vllm.LLM`:
       vLLM, same calls - in the calls evolkit made: what evolkit costs besides the engine;
