@@ -76,6 +76,22 @@ class ChatRequest:
         return int.from_bytes(digest[:8], "little") % (2**63)
 
 
+def render_prompt(tokenizer: Any, request: ChatRequest) -> str:
+    """The exact text an in-process model continues: the request's raw prompt, or its
+    messages through the tokenizer's chat template (a plain "Role: text" layout when the
+    tokenizer has none), plus the assistant prefill. One rule for every local engine
+    (transformers, vLLM), so a request means the same text on each."""
+    if request.prompt is not None:
+        return request.prompt
+    messages = request.message_dicts()
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
+        text += "Assistant: "
+    return str(text) + request.prefill
+
+
 @dataclass
 class Generation:
     text: str

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from evolkit.errors import BackendError
-from evolkit.models.base import Backend, ChatRequest, Generation, SamplingParams
+from evolkit.models.base import Backend, ChatRequest, Generation, SamplingParams, render_prompt
 from evolkit.models.embedded import EMBEDDED_ALIASES, EMBEDDED_NAME, embedded_model_dir
 from evolkit.models.identity import local_cache_id
 
@@ -135,16 +135,7 @@ class LocalBackend(Backend):
     # -- prompts -----------------------------------------------------------------------------
     def render(self, request: ChatRequest) -> str:
         """The exact text the model continues: chat template plus the assistant prefill."""
-        if request.prompt is not None:
-            return request.prompt
-        tok = self.tokenizer
-        messages = request.message_dicts()
-        if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
-            text += "Assistant: "
-        return str(text) + request.prefill
+        return render_prompt(self.tokenizer, request)
 
     # -- generation --------------------------------------------------------------------------
     def generate(self, requests: Sequence[ChatRequest]) -> list[Generation]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from evolkit.errors import BackendError, EvolkitError
-from evolkit.models.base import Backend, ChatRequest, Generation
+from evolkit.models.base import Backend, ChatRequest, Generation, render_prompt
 from evolkit.models.local import resolve_model_path
 from evolkit.models.scoring import (
     LayoutBuilder,
@@ -188,16 +188,7 @@ class VLLMBackend(Backend):
     # -- requests ------------------------------------------------------------------------------
     def render(self, request: ChatRequest) -> str:
         """The exact text the model continues; the same rule as the transformers backend."""
-        if request.prompt is not None:
-            return request.prompt
-        tok = self.tokenizer
-        messages = request.message_dicts()
-        if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
-            text += "Assistant: "
-        return str(text) + request.prefill
+        return render_prompt(self.tokenizer, request)
 
     def sampling_params(self, request: ChatRequest) -> Any:
         """vLLM's SamplingParams for one request, field for field.

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evolkit.config import opt
+from evolkit.config import Settings, opt
 from evolkit.errors import EvolkitError
 from evolkit.io.readers import BadRow, read_records
 from evolkit.io.writers import read_jsonl_tolerant, write_jsonl
@@ -55,26 +55,9 @@ ISOLATIONS = ("auto", "bwrap", "unshare", "rlimits")
 
 
 @dataclass
-class AutoIFConfig(RunSettings, ResponseSettings):
-    """Every setting of an AutoIF run. Defaults are the original AutoIF's values where it had
-    one (noted "original")."""
+class CrossValSettings(Settings):
+    """AutoIF step 3's settings (thresholds and sandbox), shared with `check-verifiers`."""
 
-    # step 1: augment
-    augment_calls: int = opt(
-        100, "Augmentation calls (original: 100; try 1-5 on a laptop; 0 = seeds only)."
-    )
-    per_call: int = opt(50, "New constraints asked per call (original: 50).")
-    include_seeds: bool = opt(True, "Verify the seed constraints too, not only the new ones.")
-    limit_seeds: int | None = opt(None, "Use only the first N seed constraints.")
-    constraint_min_chars: int = opt(10, "Drop augmented constraints shorter than this.")
-    constraint_max_chars: int = opt(200, "Drop augmented constraints longer than this.")
-    augment_max_new_tokens: int = opt(1024, "Max tokens of one augmentation answer.")
-    # step 2: verifier candidates
-    functions_per_constraint: int = opt(
-        8, "Candidate verifiers per constraint (original K: 8).", flags=("--functions", "-k")
-    )
-    verifier_max_new_tokens: int = opt(384, "Max tokens of one verifier answer (function + cases).")
-    # step 3: cross-validation (original values)
     min_accuracy: float = opt(
         0.8, "Keep functions with at least this accuracy on kept cases (original 0.8)."
     )
@@ -95,6 +78,41 @@ class AutoIFConfig(RunSettings, ResponseSettings):
         choices=ISOLATIONS,
         fingerprint=False,
     )
+
+    def crossval(self) -> CrossValConfig:
+        return CrossValConfig(
+            min_accuracy=self.min_accuracy,
+            min_functions=self.min_functions,
+            min_cases=self.min_cases,
+        )
+
+    def limits(self) -> SandboxLimits:
+        return SandboxLimits(wall_seconds=self.sandbox_timeout, memory_mb=self.sandbox_memory_mb)
+
+    def sandbox(self) -> SandboxSpec:
+        return SandboxSpec(self.limits(), self.sandbox_workers, self.isolation)
+
+
+@dataclass
+class AutoIFConfig(RunSettings, ResponseSettings, CrossValSettings):
+    """Every setting of an AutoIF run. Defaults are the original AutoIF's values where it had
+    one (noted "original")."""
+
+    # step 1: augment
+    augment_calls: int = opt(
+        100, "Augmentation calls (original: 100; try 1-5 on a laptop; 0 = seeds only)."
+    )
+    per_call: int = opt(50, "New constraints asked per call (original: 50).")
+    include_seeds: bool = opt(True, "Verify the seed constraints too, not only the new ones.")
+    limit_seeds: int | None = opt(None, "Use only the first N seed constraints.")
+    constraint_min_chars: int = opt(10, "Drop augmented constraints shorter than this.")
+    constraint_max_chars: int = opt(200, "Drop augmented constraints longer than this.")
+    augment_max_new_tokens: int = opt(1024, "Max tokens of one augmentation answer.")
+    # step 2: verifier candidates
+    functions_per_constraint: int = opt(
+        8, "Candidate verifiers per constraint (original K: 8).", flags=("--functions", "-k")
+    )
+    verifier_max_new_tokens: int = opt(384, "Max tokens of one verifier answer (function + cases).")
     # step 4: back-translation
     backtranslate_functions: int = opt(
         3, "Kept functions back-translated per constraint (original: 3)."
@@ -140,19 +158,6 @@ class AutoIFConfig(RunSettings, ResponseSettings):
             raise EvolkitError("augment_calls must be >= 0 (0 = verify the seeds only)")
         if not 0.0 <= self.min_pass_rate <= 1.0 or not 0.0 <= self.min_accuracy <= 1.0:
             raise EvolkitError("min_pass_rate and min_accuracy must be within [0, 1]")
-
-    def crossval(self) -> CrossValConfig:
-        return CrossValConfig(
-            min_accuracy=self.min_accuracy,
-            min_functions=self.min_functions,
-            min_cases=self.min_cases,
-        )
-
-    def limits(self) -> SandboxLimits:
-        return SandboxLimits(wall_seconds=self.sandbox_timeout, memory_mb=self.sandbox_memory_mb)
-
-    def sandbox(self) -> SandboxSpec:
-        return SandboxSpec(self.limits(), self.sandbox_workers, self.isolation)
 
     def role_models(self) -> dict[str, str]:
         return {

@@ -19,13 +19,10 @@ from evolkit.config import opt
 from evolkit.errors import BadRecordError, EvolkitError
 from evolkit.io.readers import BadRow
 from evolkit.records import Record, make_id
-from evolkit.resources import SandboxSpec
 from evolkit.runs import CONSTRAINTS, STEPS
-from evolkit.sandbox import SandboxLimits
-from evolkit.scenarios.autoif import ISOLATIONS, step_counts, write_constraints
+from evolkit.scenarios.autoif import CrossValSettings, step_counts, write_constraints
 from evolkit.scenarios.runner import Runner, RunSettings, describe_input
 from evolkit.stages.constraints import constraint_key, constraint_row
-from evolkit.stages.crossval import CrossValConfig
 from evolkit.stages.validate_verifiers import STEP_NAME, ValidateVerifiersStage
 
 
@@ -104,42 +101,14 @@ def read_verifier_rows(
 
 
 @dataclass
-class CheckConfig(RunSettings):
+class CheckConfig(RunSettings, CrossValSettings):
     batch_size: int = opt(32, "Constraints per sandbox batch.", fingerprint=False)
-    min_accuracy: float = opt(
-        0.8, "Keep functions with at least this accuracy on kept cases (original 0.8)."
-    )
-    min_functions: int = opt(3, "Keep constraints with at least this many functions (orig. 3).")
-    min_cases: int = opt(10, "Keep constraints with at least this many cases (orig. 10).")
-    require_both_labels: bool = opt(
-        True,
-        "Drop constraints whose kept cases are all True (or all False): a constant function "
-        "would pass them (not in the original).",
-        bool_flags="--require-both-labels/--allow-one-sided-cases",
-    )
+    # No model here, so `--timeout` (an HTTP setting elsewhere) can keep its old meaning.
     sandbox_timeout: float = opt(
         2.0,
         "Wall-clock seconds per verifier call in the sandbox.",
         flags=("--sandbox-timeout", "--timeout"),
     )
-    sandbox_memory_mb: int = opt(256, "Memory limit per verifier call (MB).")
-    sandbox_workers: int = opt(2, "Sandbox worker processes.", fingerprint=False)
-    isolation: str = opt(
-        "auto",
-        "Sandbox isolation: auto picks the strongest that works here.",
-        choices=ISOLATIONS,
-        fingerprint=False,
-    )
-
-    def crossval(self) -> CrossValConfig:
-        return CrossValConfig(
-            min_accuracy=self.min_accuracy,
-            min_functions=self.min_functions,
-            min_cases=self.min_cases,
-        )
-
-    def limits(self) -> SandboxLimits:
-        return SandboxLimits(wall_seconds=self.sandbox_timeout, memory_mb=self.sandbox_memory_mb)
 
 
 def check_verifiers(
@@ -155,7 +124,7 @@ def check_verifiers(
         cfg,
         out,
         inputs={"input": describe_input(path)},
-        sandbox=SandboxSpec(cfg.limits(), cfg.sandbox_workers, cfg.isolation),
+        sandbox=cfg.sandbox(),
         kept_name=STEPS,
     ) as run:
         bad: list[BadRow] = []
