@@ -13,15 +13,13 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from evolkit.models.base import Backend, ChatRequest, Generation, SamplingParams
-from evolkit.prompts import few_shot, text
+from evolkit.prompts.evolve import IN_BREADTH, IN_DEPTH, OPERATIONS, build_messages
 from evolkit.records import Record, make_id
 from evolkit.stages.base import Stage, call_failed, failed_call
 from evolkit.stages.rules import INSTRUCTION_RULES, RuleSettings, first_failure
 
-IN_DEPTH = ("add_constraint", "deepen", "concretize", "add_reasoning", "complicate_input")
-IN_BREADTH = ("breadth",)
-OPERATIONS = IN_DEPTH + IN_BREADTH
 POLICIES = ("rotate", "random", "fixed")
+__all__ = ["IN_BREADTH", "IN_DEPTH", "OPERATIONS", "POLICIES", "EvolveStage", "build_messages"]
 
 
 def choose_operation(
@@ -39,16 +37,6 @@ def choose_operation(
         return operations[(round_ - 1) % k]
     digest = hashlib.sha256(f"{seed}:{parent_id}:{round_}".encode()).digest()
     return random.Random(digest).choice(list(operations))
-
-
-def build_messages(operation: str, instruction: str) -> list[dict[str, str]]:
-    shots = few_shot(f"evolve_{operation}")
-    messages = [{"role": "system", "content": text("evolve_system")}]
-    for before, after in shots.examples:
-        messages.append({"role": "user", "content": f"{shots.task}\nInstruction: {before}"})
-        messages.append({"role": "assistant", "content": after})
-    messages.append({"role": "user", "content": f"{shots.task}\nInstruction: {instruction}"})
-    return messages
 
 
 _LABEL = re.compile(

@@ -27,6 +27,7 @@ import regex
 
 from evolkit.errors import EvolkitError
 from evolkit.prompts import few_shot
+from evolkit.prompts.evolve import IN_DEPTH
 from evolkit.records import Record
 
 # Our own short list of English function words: a response made only of these says nothing.
@@ -477,7 +478,6 @@ def rule_unchanged(rec: Record, s: RuleSettings) -> str | None:
 
 
 def rule_shrunk(rec: Record, s: RuleSettings) -> str | None:
-    from evolkit.stages.evolve import IN_DEPTH
 
     parent = _parent_text(rec)
     if rec.operation not in IN_DEPTH or not parent:
