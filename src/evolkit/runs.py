@@ -59,19 +59,19 @@ REPORT = "report.html"
 METHODS = "methods.json"  # Auto Evol-Instruct: every method and its dev failure rate
 METHODS_DIR = "methods"
 TRAJECTORY_METHODS = "trajectory_methods.json"
-RESPONSES = "responses.jsonl"  # `eval`: one model answer per benchmark prompt
 EVAL_SCORES = "scores.jsonl"  # `eval`: each prompt's strict and loose verdicts
-MODEL_DIR = "model"  # `train`: the trained model (a Hugging Face model folder)
 TRAIN_CONFIG = "train_config.json"  # `train`: inside MODEL_DIR, so it travels with the model
-CHECKPOINTS_DIR = "checkpoints"  # `train`: Trainer checkpoints, removed once the model is saved
-# `train-eval`: one sub-folder per trained model (its rows, its train run, its eval run) and
-# the untrained base model's eval run; IC-IFD / IFD scoring runs of unscored inputs.
+# `train-eval`: one sub-folder per trained model (its rows, its train run, its eval run), the
+# untrained base model's eval run, and the IC-IFD / IFD scoring runs of unscored inputs.
 ARMS_DIR = "arms"
 BASE_EVAL_DIR = "base"
 SCORING_DIR = "scoring"
 ARM_ROWS = "rows.jsonl"  # inside ARMS_DIR/<arm>/
 ARM_TRAIN_DIR = "train"  # inside ARMS_DIR/<arm>/: a `train` run folder
 ARM_EVAL_DIR = "eval"  # inside ARMS_DIR/<arm>/: an `eval` run folder
+RESPONSES = "responses.jsonl"  # `eval`: one model answer per benchmark prompt
+MODEL_DIR = "model"  # `train`: the trained model
+CHECKPOINTS_DIR = "checkpoints"
 
 #: Everything evolkit may write into a run folder; `--overwrite` removes these and nothing else.
 OWNED_FILES = frozenset(
@@ -90,11 +90,11 @@ OWNED_FILES = frozenset(
         SELECTED,
         REMOVED,
         MEASURES,
+        EVAL_SCORES,
         REPORT,
         METHODS,
         TRAJECTORY_METHODS,
         RESPONSES,
-        EVAL_SCORES,
         "dataset_info.json",
         "README.md",
     }

@@ -198,7 +198,7 @@ def training_rows(
     return rows, counts
 
 
-def _digest(rows: Sequence[Mapping[str, Any]]) -> str:
+def rows_digest(rows: Sequence[Mapping[str, Any]]) -> str:
     import hashlib
 
     h = hashlib.sha256()
@@ -341,7 +341,7 @@ def train(
     rows, counts = training_rows(data, limit=cfg.limit, on_bad=cfg.on_bad_record)
     base_path, base_info = base_model(cfg.base)
     source = str(data_file(data).resolve()) if isinstance(data, str | Path) else "in memory"
-    inputs = {"data": source, "rows": len(rows), "rows_digest": _digest(rows), **base_info}
+    inputs = {"data": source, "rows": len(rows), "rows_digest": rows_digest(rows), **base_info}
     out = Path(out)
 
     from accelerate import PartialState
@@ -472,6 +472,7 @@ def _fit(
         fp16=False,
         gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps,
+        logging_first_step=True,  # a first loss even in runs shorter than a logging step
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=2,

@@ -149,10 +149,10 @@ def evaluate(
     ones. The model is loaded only if some prompt still lacks an answer.
     """
     cfg = EvalConfig.make(config, **settings)
-    given: Backend | None = model if isinstance(model, Backend) else None
-    if given is not None:
-        name = given.model_id
-        model_input: dict[str, Any] = {"model": name, "model_object": type(given).__name__}
+    given: Backend | None = None
+    if isinstance(model, Backend):
+        given, name = model, model.model_id
+        model_input: dict[str, Any] = {"model": name, "model_object": type(model).__name__}
     else:
         name = resolve_eval_model(model)
         model_input = _model_input(name, cfg.backend)
