@@ -53,6 +53,7 @@ log = logging.getLogger("evolkit.progress")
 
 SELECTIONS = ("random", "ic_ifd", "ifd", "length")
 SCORED_SELECTIONS = ("ic_ifd", "ifd")
+EVAL_BACKENDS = ("local", "vllm")
 #: Without --rows: all the smallest run's rows, or this share of them when a selection ranks.
 DEFAULT_RANKED_SHARE = 0.25
 
@@ -82,6 +83,11 @@ class TrainEvalConfig(TrainSettings):
     )
     max_new_tokens: int = opt(DEFAULT_MAX_NEW_TOKENS, "Tokens per IFEval answer.")
     eval_batch_size: int = opt(16, "IFEval prompts per batch.", fingerprint=False)
+    eval_backend: str = opt(
+        "local",
+        "Where the trained models answer IFEval: transformers in this process, or vLLM (GPU).",
+        choices=EVAL_BACKENDS,
+    )
     resamples: int = opt(1000, "Bootstrap resamples of the prompts.", fingerprint=False)
     confidence: float = opt(0.95, "Confidence of the intervals.", fingerprint=False)
     cache: str | None = opt(
@@ -375,6 +381,7 @@ def _evaluate(model: str, folder: Path, cfg: TrainEvalConfig, name: str) -> dict
         limit=cfg.limit,
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.eval_batch_size,
+        backend=cfg.eval_backend,
         cache=cfg.cache,
         progress=cfg.progress,
     )
@@ -461,6 +468,7 @@ def _table(
             "drop_ifd_at_or_above": cfg.ifd_limit(),
             "max_new_tokens": cfg.max_new_tokens,
             "limit": cfg.limit,
+            "eval_backend": cfg.eval_backend,
         },
         confidence=cfg.confidence,
         resamples=cfg.resamples,
