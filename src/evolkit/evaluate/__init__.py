@@ -167,6 +167,7 @@ def evaluate(
         objects={"responder": given},
         kept_name=RESPONSES,
     ) as run:
+        earlier = _earlier_generate_seconds(run.folder.summary_path)
         records = run.read([_prompt_record(p, cfg.bench) for p in prompts], what="prompt")
         done = run.folder.done_inputs(STEP)
         todo = [r for r in records if r.id not in done]
@@ -225,9 +226,25 @@ def evaluate(
             }
         )
         full = run.finish(summary, {"responses": run.folder.kept_path, "scores": scores_path})
-        full["seconds"].update(generate=round(gen_seconds, 2), score=round(score_seconds, 2))
+        full["seconds"].update(
+            generate=round(gen_seconds, 2),
+            score=round(score_seconds, 2),
+            # What answering took over every invocation that finished, so a resumed or
+            # skipped rerun still reports the cost of the evaluation.
+            generate_all_runs=round(earlier + gen_seconds, 2),
+        )
         run.folder.write_summary(full)
         return full
+
+
+def _earlier_generate_seconds(path: Path) -> float:
+    import json
+
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        return float(old["seconds"]["generate_all_runs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def load_results(out: str | Path) -> list[PromptResult]:

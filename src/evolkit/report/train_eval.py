@@ -130,7 +130,7 @@ def _difference_table(models: list[dict[str, Any]], key: str) -> str:
 def _training_table(models: list[dict[str, Any]]) -> str:
     head = (
         "<tr><th>model</th><th>trained on</th><th>selection</th><th>rows</th><th>steps</th>"
-        "<th>loss first &rarr; last</th><th>train s</th><th>eval s</th></tr>"
+        "<th>loss first &rarr; last</th><th>train s</th><th>IFEval answers s</th></tr>"
     )
     body = []
     for m in models:

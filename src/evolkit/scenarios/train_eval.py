@@ -409,7 +409,7 @@ def _table(
 
     def eval_seconds(s: Mapping[str, Any]) -> float | None:
         sec = s.get("seconds") or {}
-        return sec.get("total")
+        return sec.get("generate_all_runs", sec.get("total"))
 
     models: list[dict[str, Any]] = [
         {
