@@ -270,6 +270,12 @@ def _progress_callback() -> Any:
                 done = f" ({state.global_step} done by an earlier run)" if state.global_step else ""
                 log.info("train: %d steps%s", state.max_steps, done)
 
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+            # The last step is always logged: its loss is the summary's last loss.
+            if state.global_step >= state.max_steps:
+                control.should_log = True
+            return control
+
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             if not state.is_world_process_zero or not logs or "loss" not in logs:
                 return
