@@ -349,8 +349,15 @@ def train(
     source = str(data_file(data).resolve()) if isinstance(data, str | Path) else "in memory"
     inputs = {"data": source, "rows": len(rows), "rows_digest": rows_digest(rows), **base_info}
     out = Path(out)
-
-    from accelerate import PartialState
+    try:
+        import datasets  # noqa: F401
+        import peft  # noqa: F401
+        import trl  # noqa: F401
+        from accelerate import PartialState
+    except ImportError as exc:
+        raise EvolkitError(
+            f"training needs '{exc.name}': pip install 'evolkit[local,train]'"
+        ) from None
 
     state = PartialState()
     folder: RunFolder | None = None
@@ -367,6 +374,8 @@ def train(
         done = _finished(out)
         if done is not None:
             log.info("train: %s already holds the trained model; nothing to do", out)
+            if state.is_main_process:  # left by a stop between the summary and the cleanup
+                shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)
             return done
         from evolkit.console import log_file
 
@@ -401,14 +410,8 @@ def _train(
     callbacks: Sequence[Any],
     t_start: float,
 ) -> dict[str, Any]:
-    try:
-        import datasets
-        import peft  # noqa: F401
-        import trl  # noqa: F401
-    except ImportError as exc:
-        raise EvolkitError(
-            f"training needs '{exc.name}': pip install 'evolkit[local,train]'"
-        ) from None
+    import datasets
+
     from evolkit.models.local import quiet_transformers
 
     quiet_transformers()
@@ -532,7 +535,6 @@ def _fit(
     t_save = time.perf_counter()
     _save_model(trainer, tokenizer, cfg.lora, out / MODEL_DIR, train_config)
     save_seconds = time.perf_counter() - t_save
-    shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)
     summary = {
         "finished": True,
         "rows": len(rows),
@@ -558,6 +560,8 @@ def _fit(
         "outputs": {"model": str(out / MODEL_DIR), "summary": str(out / SUMMARY)},
     }
     atomic_write_json(out / SUMMARY, summary)
+    # Only now: a stop before the summary is written resumes from the checkpoints.
+    shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)
     log.info(
         "train: %d steps on %d rows in %s, loss %s -> %s",
         summary["steps"],
