@@ -28,6 +28,7 @@ from evolkit.evaluate.ifeval import (
 )
 from evolkit.evaluate.stats import bootstrap_ratio, ifeval_intervals, percentile
 from evolkit.models.base import Generation
+from evolkit.scenarios.runner import RunIncompleteError
 from tests.fakes import ScriptedBackend, last_user
 
 
@@ -309,18 +310,22 @@ def test_eval_end_to_end_with_a_tiny_model_resumes(tmp_path: Path, tiny_model_di
     out = tmp_path / "eval"
     kw: dict[str, Any] = {"limit": 3, "batch_size": 2, "max_new_tokens": 6, "progress": False}
     s = evaluate(str(tiny_model_dir), out, **kw)
-    for name in ("eval_config.json", "responses.jsonl", "scores.jsonl", "summary.json"):
+    for name in ("config.json", "responses.jsonl", "scores.jsonl", "summary.json", "run.log"):
         assert (out / name).is_file()
     rows = [json.loads(x) for x in (out / "responses.jsonl").read_text().splitlines()]
     keys = [p.key for p in load_prompts(3)]
-    assert sorted(r["key"] for r in rows) == sorted(keys)
-    assert all(set(r) >= {"key", "prompt", "response", "finish_reason"} for r in rows)
+    assert sorted(int(r["id"]) for r in rows) == sorted(keys)
+    by_key = {p.key: p.prompt for p in load_prompts(3)}
+    assert all(r["instruction"] == by_key[int(r["id"])] for r in rows)
+    assert all(set(r["meta"]["response"]) >= {"model", "finish_reason"} for r in rows)
     assert s["prompts"] == 3 and s["generation"]["generated_now"] == 3
     for name in ("prompt_level_strict_acc", "inst_level_strict_acc"):
         assert 0.0 <= s[name] <= s[name.replace("strict", "loose")] <= 1.0
     assert s["seeds"] == {"checker_random": 0, "langdetect": 0}
     assert json.loads((out / "summary.json").read_text()) == s
     assert [r.key for r in load_results(out)] == keys
+    config = json.loads((out / "config.json").read_text())
+    assert config["command"] == "eval" and config["config"]["model_weights"]
 
     assert s["model"] == tiny_model_dir.name  # the id the backend reports
 
@@ -332,13 +337,17 @@ def test_eval_end_to_end_with_a_tiny_model_resumes(tmp_path: Path, tiny_model_di
     again = evaluate(str(tiny_model_dir), out, **kw)
     assert again["generation"]["generated_now"] == 1
     assert again["instructions"] == sum(len(p.instruction_id_list) for p in load_prompts(3))
+    # A larger limit only answers the new prompts.
+    more = evaluate(str(tiny_model_dir), out, **{**kw, "limit": 4})
+    assert more["generation"]["generated_now"] == 1 and more["prompts"] == 4
 
 
 def test_a_crashed_run_resumes_without_asking_twice(tmp_path: Path) -> None:
     out = tmp_path / "eval"
     crashing = ScriptedBackend(lambda r: last_user(r).lower(), fail_after=2)
+    kw: dict[str, Any] = {"limit": 4, "batch_size": 1, "progress": False, "cache": None}
     with pytest.raises(RuntimeError):
-        evaluate(crashing, out, limit=4, batch_size=1, progress=False)
+        evaluate(crashing, out, **kw)
     assert len((out / "responses.jsonl").read_text().splitlines()) == 2
     asked: list[str] = []
 
@@ -346,44 +355,57 @@ def test_a_crashed_run_resumes_without_asking_twice(tmp_path: Path) -> None:
         asked.append(last_user(req))
         return last_user(req).lower()
 
-    s = evaluate(ScriptedBackend(answer), out, limit=4, batch_size=1, progress=False)
+    s = evaluate(ScriptedBackend(answer), out, **kw)
     assert len(asked) == 2 and s["generation"]["resumed"] == 2 and s["prompts"] == 4
     # The scores depend only on the responses: a one-shot run gets the same figures.
-    fresh = evaluate(
-        ScriptedBackend(lambda r: last_user(r).lower()), tmp_path / "fresh", limit=4, progress=False
-    )
+    fresh = evaluate(ScriptedBackend(lambda r: last_user(r).lower()), tmp_path / "fresh", **kw)
     assert fresh["per_instruction"] == s["per_instruction"]
+
+
+def test_answers_are_kept_exactly_as_written(tmp_path: Path) -> None:
+    """Whitespace can decide a strict verdict, so the stored answer is the model's text."""
+    text = "\n  all lowercase words here  \n"
+    backend = ScriptedBackend(lambda r: text)
+    s = evaluate(backend, tmp_path / "e", limit=2, progress=False, cache=None)
+    rows = [json.loads(x) for x in (tmp_path / "e" / "responses.jsonl").read_text().splitlines()]
+    assert [r["output"] for r in rows] == [text, text]
+    assert s["prompts"] == 2
 
 
 def test_generation_errors_are_not_recorded_and_fail_the_run(tmp_path: Path) -> None:
     def answer(req: Any) -> Generation:
         return Generation(text="", finish_reason="error", error="boom")
 
-    with pytest.raises(EvolkitError, match="3 of 3 prompts got no answer"):
-        evaluate(ScriptedBackend(answer), tmp_path / "e", limit=3, progress=False)
-    assert (tmp_path / "e" / "responses.jsonl").read_text() == ""
+    with pytest.raises(RunIncompleteError, match="3 input row"):
+        evaluate(ScriptedBackend(answer), tmp_path / "e", limit=3, progress=False, cache=None)
+    assert not (tmp_path / "e" / "responses.jsonl").exists() or not (
+        (tmp_path / "e" / "responses.jsonl").read_text()
+    )
+    assert not (tmp_path / "e" / "scores.jsonl").exists()
 
 
 def test_other_settings_or_foreign_folders_are_refused(tmp_path: Path) -> None:
     out = tmp_path / "eval"
     backend = ScriptedBackend(lambda r: "ok")
-    evaluate(backend, out, limit=1, max_new_tokens=8, progress=False)
+    kw: dict[str, Any] = {"limit": 1, "progress": False, "cache": None}
+    evaluate(backend, out, max_new_tokens=8, **kw)
     with pytest.raises(ConfigMismatchError, match="max_new_tokens"):
-        evaluate(backend, out, limit=1, max_new_tokens=9, progress=False)
-    s = evaluate(backend, out, limit=1, max_new_tokens=9, overwrite=True, progress=False)
+        evaluate(backend, out, max_new_tokens=9, **kw)
+    s = evaluate(backend, out, max_new_tokens=9, overwrite=True, **kw)
     assert s["generation"]["generated_now"] == 1
-    s = evaluate(backend, out, limit=1, max_new_tokens=9, overwrite=True, progress=False)
+    s = evaluate(backend, out, max_new_tokens=9, overwrite=True, **kw)
     assert s["generation"]["generated_now"] == 1  # --overwrite starts over even when unchanged
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(EvolkitError, match="holds no evolkit evaluation"):
-        evaluate(backend, foreign, limit=1, progress=False)
+    with pytest.raises(EvolkitError, match="did not write"):
+        evaluate(backend, foreign, **kw)
     assert (foreign / "notes.txt").read_text() == "keep me"
-    with pytest.raises(EvolkitError, match="unknown benchmark"):
+    with pytest.raises(EvolkitError, match="bench"):
         evaluate(backend, tmp_path / "x", bench="mmlu")
-    with pytest.raises(EvolkitError, match="--limit"):
+    with pytest.raises(EvolkitError, match="limit"):
         evaluate(backend, tmp_path / "y", limit=0)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_cli_prints_the_four_figures(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -398,6 +420,11 @@ def test_cli_prints_the_four_figures(tmp_path: Path, tiny_model_dir: Path) -> No
         assert label in res.output
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert f"{summary['inst_level_loose_acc']:.4f}" in res.output
+    # --config reruns the recorded model and settings in the same folder: nothing to answer.
+    again = CliRunner().invoke(app, ["eval", "--config", str(tmp_path / "e")])
+    assert again.exit_code == 0, again.output
+    rerun = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert rerun["generation"]["generated_now"] == 0 and rerun["prompts"] == 2
 
 
 def test_shipped_prompts_are_the_541_of_ifeval() -> None:

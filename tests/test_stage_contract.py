@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import evolkit.stages
+from evolkit.evaluate.stage import AnswerStage
 from evolkit.models.base import ChatRequest, SamplingParams
 from evolkit.models.scoring import Losses, ScoreItem
 from evolkit.records import Record
@@ -195,6 +196,7 @@ CASES: dict[type[Stage], Case] = {
     DedupStage: Case(DedupStage, evolved),
     JudgeStage: Case(JudgeStage, evolved),
     RespondStage: Case(RespondStage, evolved),
+    AnswerStage: Case(lambda: AnswerStage(32), evolved),
     ScoreStage: Case(ScoreStage, answered),
     AugmentStage: Case(
         lambda: AugmentStage(["Use no commas", "End with a question"], 5),

@@ -59,6 +59,16 @@ REPORT = "report.html"
 METHODS = "methods.json"  # Auto Evol-Instruct: every method and its dev failure rate
 METHODS_DIR = "methods"
 TRAJECTORY_METHODS = "trajectory_methods.json"
+EVAL_SCORES = "scores.jsonl"  # `eval`: each prompt's strict and loose verdicts
+TRAIN_CONFIG = "train_config.json"  # `train`: inside MODEL_DIR, so it travels with the model
+# `train-eval`: one sub-folder per trained model (its rows, its train run, its eval run), the
+# untrained base model's eval run, and the IC-IFD / IFD scoring runs of unscored inputs.
+ARMS_DIR = "arms"
+BASE_EVAL_DIR = "base"
+SCORING_DIR = "scoring"
+ARM_ROWS = "rows.jsonl"  # inside ARMS_DIR/<arm>/
+ARM_TRAIN_DIR = "train"  # inside ARMS_DIR/<arm>/: a `train` run folder
+ARM_EVAL_DIR = "eval"  # inside ARMS_DIR/<arm>/: an `eval` run folder
 RESPONSES = "responses.jsonl"  # `eval`: one model answer per benchmark prompt
 MODEL_DIR = "model"  # `train`: the trained model
 CHECKPOINTS_DIR = "checkpoints"
@@ -80,6 +90,7 @@ OWNED_FILES = frozenset(
         SELECTED,
         REMOVED,
         MEASURES,
+        EVAL_SCORES,
         REPORT,
         METHODS,
         TRAJECTORY_METHODS,
@@ -88,7 +99,9 @@ OWNED_FILES = frozenset(
         "README.md",
     }
 )
-OWNED_DIRS = frozenset({METHODS_DIR, MODEL_DIR, CHECKPOINTS_DIR})
+OWNED_DIRS = frozenset(
+    {METHODS_DIR, MODEL_DIR, CHECKPOINTS_DIR, ARMS_DIR, BASE_EVAL_DIR, SCORING_DIR}
+)
 
 
 def fingerprint(config: Mapping[str, Any]) -> str:

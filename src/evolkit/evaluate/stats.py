@@ -4,6 +4,9 @@ Prompts are the unit that is sampled (a benchmark is a sample of prompts), so ea
 draws prompts with replacement and recomputes a figure from them. The instruction-level figures
 pool instructions, so a resample takes every instruction of each drawn prompt: the statistic is
 a ratio of sums, as in the point estimate, and prompts with more instructions weigh more.
+
+Two models answered the same prompts, so their difference is estimated with a paired
+bootstrap (`paired_intervals`): one resample of prompts serves both models.
 """
 
 from __future__ import annotations
@@ -18,6 +21,15 @@ from evolkit.errors import EvolkitError
 
 if TYPE_CHECKING:
     from evolkit.evaluate.ifeval import PromptResult
+
+
+#: The four standard figures, in lm-eval's order and names.
+FIGURES = (
+    "prompt_level_strict_acc",
+    "inst_level_strict_acc",
+    "prompt_level_loose_acc",
+    "inst_level_loose_acc",
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,25 @@ def bootstrap_ratio(
     )
 
 
+def units(results: Sequence[PromptResult], metric: str) -> tuple[list[float], list[float]]:
+    """Per prompt, what one of the four figures adds up: (numerator, denominator).
+
+    Prompt level: 1 if every instruction passed, over 1. Instruction level: the instructions
+    that passed, over the prompt's instruction count, so the ratio of sums pools instructions.
+    """
+    loose = "loose" in metric
+    if metric.startswith("prompt_level"):
+        return [float(r.all_loose if loose else r.all_strict) for r in results], [1.0] * len(
+            results
+        )
+    if metric.startswith("inst_level"):
+        return (
+            [float(sum(r.loose if loose else r.strict)) for r in results],
+            [float(len(r.strict)) for r in results],
+        )
+    raise ValueError(f"unknown IFEval figure {metric!r}")
+
+
 def ifeval_intervals(
     results: Sequence[PromptResult],
     *,
@@ -94,11 +125,39 @@ def ifeval_intervals(
     seed: int = 0,
 ) -> dict[str, Interval]:
     """Intervals for the four standard IFEval figures, keyed like `ifeval.metrics`."""
-    counts = [len(r.strict) for r in results]
     kw: dict[str, Any] = {"resamples": resamples, "confidence": confidence, "seed": seed}
-    return {
-        "prompt_level_strict_acc": bootstrap_ratio([r.all_strict for r in results], **kw),
-        "inst_level_strict_acc": bootstrap_ratio([sum(r.strict) for r in results], counts, **kw),
-        "prompt_level_loose_acc": bootstrap_ratio([r.all_loose for r in results], **kw),
-        "inst_level_loose_acc": bootstrap_ratio([sum(r.loose) for r in results], counts, **kw),
-    }
+    out = {}
+    for name in FIGURES:
+        num, den = units(results, name)
+        out[name] = bootstrap_ratio(num, den, **kw)
+    return out
+
+
+def paired_intervals(
+    a: Sequence[PromptResult],
+    b: Sequence[PromptResult],
+    *,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Interval]:
+    """Intervals for figure(a) - figure(b), two models scored on the same prompts.
+
+    The prompts are resampled once for both models (a paired bootstrap): the prompt-to-prompt
+    spread both models share cancels, so the interval of the difference is narrower than the
+    two models' own intervals suggest. The denominators are the same for both models, so the
+    difference of the two ratios is one ratio: the per-prompt differences over the shared
+    denominators.
+    """
+    by_key = {r.key: r for r in b}
+    if len(by_key) != len(b) or {r.key for r in a} != set(by_key) or len(a) != len(b):
+        raise EvolkitError("a paired comparison needs both models scored on the same prompts")
+    b_aligned = [by_key[r.key] for r in a]
+    kw: dict[str, Any] = {"resamples": resamples, "confidence": confidence, "seed": seed}
+    out = {}
+    for name in FIGURES:
+        num_a, den = units(a, name)
+        num_b, _ = units(b_aligned, name)
+        diff = [x - y for x, y in zip(num_a, num_b, strict=True)]
+        out[name] = bootstrap_ratio(diff, den, **kw)
+    return out

@@ -18,6 +18,7 @@ from typing import Any
 from evolkit.errors import EvolkitError
 from evolkit.report import plots
 from evolkit.report.data import HEADLINE_LABELS, PERCENT, RunMeasures, run_figures
+from evolkit.report.train_eval import TrainEvalTable
 
 REPORT_NAME = "report.html"
 SUMMARY_NAME = "summary.json"
@@ -51,11 +52,17 @@ figure.plot svg { width: 100%; height: auto; display: block; }
 """
 
 
-def write_report(runs: Sequence[RunMeasures], out_dir: str | Path) -> Path:
+def write_report(
+    runs: Sequence[RunMeasures],
+    out_dir: str | Path,
+    *,
+    train_eval: TrainEvalTable | None = None,
+) -> Path:
     """Write out_dir/report.html and out_dir/summary.json comparing `runs`; return the page.
 
     Only these two files are written (replaced when present), so pointing `out_dir` at a
-    folder holding other things never touches them.
+    folder holding other things never touches them. `train_eval` (from `evolkit train-eval`)
+    adds a section with each trained model's IFEval figures, and `train_eval` in summary.json.
     """
     if not runs:
         raise EvolkitError("a report needs at least one run")
@@ -68,12 +75,14 @@ def write_report(runs: Sequence[RunMeasures], out_dir: str | Path) -> Path:
     sections = [(title, [make(runs, figs) for make in makers]) for title, makers in plots.SECTIONS]
     if any(r.trajectory_methods for r in runs):
         sections.append(("Trajectory methods", [plots.trajectory_methods(runs, figs)]))
-    page = _page(runs, figs, sections)
+    page = _page(runs, figs, sections, train_eval)
     summary = {
         "runs": figs,
         "headline_labels": HEADLINE_LABELS,
         "plots": {p.key: p.svg is not None for _, ps in sections for p in ps},
     }
+    if train_eval is not None:
+        summary["train_eval"] = train_eval.to_dict()
     _atomic_write(out / SUMMARY_NAME, json.dumps(_clean(summary), indent=2, ensure_ascii=False))
     path = out / REPORT_NAME
     _atomic_write(path, page)
@@ -181,6 +190,7 @@ def _page(
     runs: Sequence[RunMeasures],
     figs: Sequence[dict[str, Any]],
     sections: list[tuple[str, list[plots.Plot]]],
+    train_eval: TrainEvalTable | None = None,
 ) -> str:
     from evolkit import __version__
 
@@ -192,6 +202,10 @@ def _page(
         "are in summary.json beside this page.</p>",
         "<h2>Runs</h2>",
         _runs_table(runs, figs),
+    ]
+    if train_eval is not None:
+        body += ["<h2>Trained models on IFEval</h2>", train_eval.html()]
+    body += [
         "<h2>Summary</h2>",
         '<p class="how">The figures a reader quotes, over each run\'s kept evolved rows (seeds '
         "excluded). Difficulty shares are of parsed labels; distances are cosine distances "
