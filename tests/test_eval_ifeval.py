@@ -345,7 +345,14 @@ def test_eval_end_to_end_with_a_tiny_model_resumes(tmp_path: Path, tiny_model_di
 def test_a_crashed_run_resumes_without_asking_twice(tmp_path: Path) -> None:
     out = tmp_path / "eval"
     crashing = ScriptedBackend(lambda r: last_user(r).lower(), fail_after=2)
-    kw: dict[str, Any] = {"limit": 4, "batch_size": 1, "progress": False, "cache": None}
+    # one batch at a time, so the two answers before the crash are committed
+    kw: dict[str, Any] = {
+        "limit": 4,
+        "batch_size": 1,
+        "concurrent_batches": 1,
+        "progress": False,
+        "cache": None,
+    }
     with pytest.raises(RuntimeError):
         evaluate(crashing, out, **kw)
     assert len((out / "responses.jsonl").read_text().splitlines()) == 2
