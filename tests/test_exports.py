@@ -102,7 +102,7 @@ def test_messages_export_for_trl(tmp_path: Path) -> None:
     recs = sample()
     recs[1] = recs[1].model_copy(update={"meta": {"system": "Answer with one number."}})
     out = tmp_path / "train.jsonl"
-    assert export_records(recs, out, "messages") == [out]
+    assert export_records(recs, out, "messages") == [out, tmp_path / "dataset_info.json"]
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert lines == [
         {
@@ -119,7 +119,21 @@ def test_messages_export_for_trl(tmp_path: Path) -> None:
             ]
         },
     ]
-    assert not (tmp_path / "dataset_info.json").exists()
+    # LLaMA-Factory reads the same file as its "OpenAI format" (data/README.md's field names).
+    assert load(tmp_path / "dataset_info.json") == {
+        "train": {
+            "file_name": "train.jsonl",
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages"},
+            "tags": {
+                "role_tag": "role",
+                "content_tag": "content",
+                "user_tag": "user",
+                "assistant_tag": "assistant",
+                "system_tag": "system",
+            },
+        }
+    }
 
 
 def test_system_column_appears_on_every_row_when_any_has_one(tmp_path: Path) -> None:
