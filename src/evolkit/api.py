@@ -221,7 +221,12 @@ def _later(
         raise EvolkitError(f"evolkit.{name} is not part of this evolkit version") from None
     run = getattr(module, attr)
     extra = {"backends": backends} if backends else {}
-    summary = run(_source(input), out, config, **extra, **settings)
+    if name == "analyze":
+        # `analyze` measures a run: it gets the run folder itself, not just its kept rows.
+        source = input.folder if isinstance(input, RunResult) else input
+    else:
+        source = _source(input)
+    summary = run(source, out, config, **extra, **settings)
     return RunResult(out, summary if isinstance(summary, Mapping) else None)
 
 
