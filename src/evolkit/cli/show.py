@@ -74,7 +74,7 @@ def show(
         line += (f" with {where}" if where else "") + f" from {source}"
         if len(shown) < len(picked):
             line += " (--limit 0 shows all)"
-    console.print(line)
+    console.print(line, soft_wrap=True)
 
 
 # -- reading ------------------------------------------------------------------------------------
