@@ -183,6 +183,7 @@ def test_show_an_autoif_run(sampled: tuple[evolkit.RunResult, Recorder]) -> None
     out = CliRunner().invoke(app, ["show", str(res.folder)], env={"COLUMNS": "100"}).output
     assert "query" in out and "instruction (query + constraint)" in out
     assert "verifiers: 3 of 3 passed" in out
+    assert "response 1 · id" in out and "response 2 · id" in out  # the sampled copies
 
 
 def test_dataset_card_beside_the_export(

@@ -97,8 +97,6 @@ def export(
                     else ""
                 )
             )
-        if result.written == 0:
-            raise EvolkitError(f"{out}: no row could be exported (see the warnings above)")
     paths = list(result.paths)
     if hub_card or push_to_hub:
         card = write_card(result, run_folder=folder, license=license, name=name)

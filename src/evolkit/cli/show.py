@@ -261,6 +261,9 @@ def _title(n: int, row: dict[str, Any]) -> Any:
         bits.append(f"round {row['round']}")
     if row.get("operation"):
         bits.append(str(row["operation"]))
+    index = (row.get("meta") or {}).get("response_index")
+    if index is not None:  # one of several sampled responses to the same instruction
+        bits.append(f"response {int(index) + 1}")
     bits.append(f"id {row.get('id')}")
     return Text(" · ".join(bits))
 
