@@ -102,7 +102,7 @@ def test_messages_export_for_trl(tmp_path: Path) -> None:
     recs = sample()
     recs[1] = recs[1].model_copy(update={"meta": {"system": "Answer with one number."}})
     out = tmp_path / "train.jsonl"
-    assert export_records(recs, out, "messages") == [out]
+    assert export_records(recs, out, "messages") == [out, tmp_path / "dataset_info.json"]
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert lines == [
         {
@@ -119,7 +119,21 @@ def test_messages_export_for_trl(tmp_path: Path) -> None:
             ]
         },
     ]
-    assert not (tmp_path / "dataset_info.json").exists()
+    # LLaMA-Factory reads the same file as its "OpenAI format" (data/README.md's field names).
+    assert load(tmp_path / "dataset_info.json") == {
+        "train": {
+            "file_name": "train.jsonl",
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages"},
+            "tags": {
+                "role_tag": "role",
+                "content_tag": "content",
+                "user_tag": "user",
+                "assistant_tag": "assistant",
+                "system_tag": "system",
+            },
+        }
+    }
 
 
 def test_system_column_appears_on_every_row_when_any_has_one(tmp_path: Path) -> None:
@@ -286,3 +300,107 @@ def test_cli_export_full_records_round_trip(tmp_path: Path) -> None:
         )
         assert res.exit_code == 0, res.output
         assert list(read_records(tmp_path / name)) == [rec]
+
+
+# LLaMA-Factory's documented dataset_info.json vocabulary and row rules, as written in
+# https://github.com/hiyouga/LLaMA-Factory/blob/main/data/README.md (the entry keys, "columns",
+# "tags", and the sharegpt rule: an optional system message first, then user and assistant
+# turns in alternation, an even number of them).
+LF_ENTRY_KEYS = {
+    "hf_hub_url", "ms_hub_url", "script_url", "file_name", "formatting", "ranking", "subset",
+    "split", "folder", "num_samples", "columns", "tags",
+}  # fmt: skip
+LF_COLUMNS = {
+    "prompt", "query", "response", "history", "messages", "system", "tools", "images",
+    "videos", "audios", "chosen", "rejected", "kto_tag",
+}  # fmt: skip
+LF_TAGS = {
+    "role_tag", "content_tag", "user_tag", "assistant_tag", "observation_tag", "function_tag",
+    "system_tag",
+}  # fmt: skip
+LF_TAG_DEFAULTS = {
+    "role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+    "system_tag": "system",
+}  # fmt: skip
+
+
+def check_llamafactory(folder: Path) -> int:
+    """Every entry of dataset_info.json against the documented names; returns rows checked."""
+    info = load(folder / "dataset_info.json")
+    checked = 0
+    for entry in info.values():
+        assert set(entry) <= LF_ENTRY_KEYS
+        columns, tags = entry.get("columns", {}), entry.get("tags", {})
+        assert set(columns) <= LF_COLUMNS and set(tags) <= LF_TAGS
+        path = folder / entry["file_name"]
+        text = path.read_text()
+        rows = (
+            [json.loads(x) for x in text.splitlines()]
+            if path.suffix == ".jsonl"
+            else json.loads(text)
+        )
+        for row in rows:
+            checked += 1
+            assert set(columns.values()) <= set(row)  # every mapped column exists
+            if entry.get("formatting", "alpaca") == "alpaca":
+                assert isinstance(row[columns.get("prompt", "instruction")], str)
+                assert isinstance(row[columns.get("response", "output")], str)
+                continue
+            t = {**LF_TAG_DEFAULTS, **tags}
+            turns = row[columns.get("messages", "conversations")]
+            if turns and turns[0][t["role_tag"]] == t["system_tag"]:
+                turns = turns[1:]
+            roles = [m[t["role_tag"]] for m in turns]
+            assert len(roles) % 2 == 0 and roles
+            assert roles[::2] == [t["user_tag"]] * (len(roles) // 2)
+            assert roles[1::2] == [t["assistant_tag"]] * (len(roles) // 2)
+            assert all(isinstance(m[t["content_tag"]], str) for m in turns)
+    return checked
+
+
+def test_llamafactory_entries_use_its_documented_names(tmp_path: Path) -> None:
+    multi = read_one(
+        tmp_path,
+        {
+            "conversations": [
+                {"from": "system", "value": "Sys"},
+                {"from": "human", "value": "Q1"},
+                {"from": "gpt", "value": "A1"},
+                {"from": "human", "value": "Q2"},
+                {"from": "gpt", "value": "A2"},
+            ]
+        },
+    )
+    recs = [*sample(), multi]
+    out = tmp_path / "lf"
+    for fmt, name in (("alpaca", "a.json"), ("sharegpt", "s.json"), ("messages", "m.jsonl")):
+        export_records(recs, out / name, fmt)  # type: ignore[arg-type]
+    assert set(load(out / "dataset_info.json")) == {"a", "s", "m"}
+    assert check_llamafactory(out) == 9  # 3 trainable rows in each of the 3 files
+    # The checker is not vacuous: a row LLaMA-Factory would skip fails it.
+    (out / "m.jsonl").write_text(
+        json.dumps({"messages": [{"role": "assistant", "content": "x"}]}) + "\n"
+    )
+    with pytest.raises(AssertionError):
+        check_llamafactory(out)
+
+
+def test_prompt_completion_export(tmp_path: Path) -> None:
+    recs = sample()
+    recs[1] = recs[1].model_copy(update={"meta": {"system": "Answer with one number."}})
+    out = tmp_path / "pc.jsonl"
+    result = export_dataset(recs, out, "prompt-completion")
+    assert result.paths == [out] and result.written == 2
+    assert [json.loads(x) for x in out.read_text().splitlines()] == [
+        {
+            "prompt": [{"role": "user", "content": "Summarise the text.\nCats sleep a lot."}],
+            "completion": [{"role": "assistant", "content": "Cats are sleepy."}],
+        },
+        {
+            "prompt": [
+                {"role": "system", "content": "Answer with one number."},
+                {"role": "user", "content": "Name a prime."},
+            ],
+            "completion": [{"role": "assistant", "content": "7"}],
+        },
+    ]

@@ -35,6 +35,7 @@ from evolkit.stages.evolve import EvolveStage
 from evolkit.stages.quality import QualityJudgeStage
 from evolkit.stages.respond import RespondStage
 from evolkit.stages.rules import ALL_RULES
+from evolkit.stages.sample import FanOutStage, SampledRespondStage
 from evolkit.stages.score import ScoreStage
 from evolkit.stages.validate_verifiers import ValidateVerifiersStage
 from evolkit.stages.verify_responses import VerifyResponsesStage
@@ -175,6 +176,10 @@ def composed() -> list[Record]:
     return stage.process(constraints())
 
 
+def fanned_out() -> list[Record]:
+    return FanOutStage(2).process(composed())
+
+
 def responses() -> list[Record]:
     stage = RespondStage()
     stage.setup(FakeResources())  # type: ignore[arg-type]
@@ -211,6 +216,10 @@ CASES: dict[type[Stage], Case] = {
         constraints,
     ),
     VerifyResponsesStage: Case(VerifyResponsesStage, responses),
+    FanOutStage: Case(lambda: FanOutStage(3), composed),
+    SampledRespondStage: Case(
+        lambda: SampledRespondStage(SamplingParams(temperature=0.7, seed=5)), fanned_out
+    ),
     QualityJudgeStage: Case(QualityJudgeStage, responses),
 }
 

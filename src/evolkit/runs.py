@@ -72,6 +72,19 @@ ARM_EVAL_DIR = "eval"  # inside ARMS_DIR/<arm>/: an `eval` run folder
 RESPONSES = "responses.jsonl"  # `eval`: one model answer per benchmark prompt
 MODEL_DIR = "model"  # `train`: the trained model
 CHECKPOINTS_DIR = "checkpoints"
+# Written beside an export (which may sit in a run folder): LLaMA-Factory's registry, the card.
+DATASET_INFO = "dataset_info.json"
+HUB_CARD = "README.md"
+
+#: Each command's file of kept rows: what `show`, `export` and the Python API's results read.
+KEPT_FILES = {
+    "evolve": EVOLVED,
+    "autoif": EVOLVED,
+    "auto-evol": EVOLVED,
+    "score": SCORED,
+    "select": SELECTED,
+    "analyze": MEASURES,
+}
 
 #: Everything evolkit may write into a run folder; `--overwrite` removes these and nothing else.
 OWNED_FILES = frozenset(
@@ -95,8 +108,8 @@ OWNED_FILES = frozenset(
         METHODS,
         TRAJECTORY_METHODS,
         RESPONSES,
-        "dataset_info.json",
-        "README.md",
+        DATASET_INFO,
+        HUB_CARD,
     }
 )
 OWNED_DIRS = frozenset(

@@ -16,6 +16,7 @@ from evolkit.cli import evolve as _evolve  # noqa: F401  (registers the command)
 from evolkit.cli import export as _export  # noqa: F401
 from evolkit.cli import score as _score  # noqa: F401
 from evolkit.cli import serve as _serve  # noqa: F401
+from evolkit.cli import show as _show  # noqa: F401
 from evolkit.cli import train as _train  # noqa: F401
 from evolkit.cli.common import Interrupted, app
 from evolkit.console import console, error_line, stderr_shows

@@ -34,6 +34,14 @@ app = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from evolkit import __version__
+
+        print(f"evolkit {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global_options(
     verbose: Annotated[
@@ -43,6 +51,12 @@ def _global_options(
     quiet: Annotated[
         bool,
         typer.Option("-q", "--quiet", help="Show only warnings, errors and the closing summary."),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Evolve instruction-tuning data with small language models, and measure what it made."""

@@ -22,6 +22,9 @@ from evolkit.config import Opt, Settings, base_type, default_of, field_type, opt
 from evolkit.errors import EvolkitError
 
 _PANELS = {"RunSettings": "Run", "ModelSettings": "Models", "ResponseSettings": "Models"}
+#: Settings that say what this invocation does, not how the run was configured: never taken
+#: from --config (a rerun of a run started with --overwrite must not wipe that run again).
+_PER_INVOCATION = frozenset({"overwrite", "progress"})
 
 
 @dataclass(frozen=True)
@@ -213,15 +216,21 @@ def settings_command(
 
         recorded: dict[str, Any] = {}
         settings: dict[str, Any] = {}
+        recorded_in = ""
         if config_file is not None:
             data = read_config_file(config_file)
+            recorded_in = data["_path"]
             if data.get("command") and data["command"] != name:
                 raise EvolkitError(
                     f"--config {data['_path']}: was written by `evolkit {data['command']}`, "
                     f"not `evolkit {name}`"
                 )
             recorded = dict(data["settings"].get("inputs") or {})
-            settings = {k: v for k, v in data["settings"].items() if k != "inputs"}
+            settings = {
+                k: v
+                for k, v in data["settings"].items()
+                if k != "inputs" and k not in _PER_INVOCATION
+            }
             if out is None:
                 out = Path(data["_path"]).parent
         for f, o in fields:
@@ -242,6 +251,14 @@ def settings_command(
             v = kw.get(a.name)
             if v is None or v == []:
                 v = recorded.get(a.name)
+                if isinstance(v, dict):
+                    # The Python API's rows in memory: config.json has only their digest.
+                    flag = a.flags[0] if a.flags else a.name.upper()
+                    raise EvolkitError(
+                        f"--config {recorded_in}: the run read its {a.name} from rows in "
+                        f"memory (Python API), which config.json does not hold; give {flag} "
+                        "on the command line"
+                    )
             if v is None and a.required:
                 what = f"option '{a.flags[0]}'" if a.flags else f"argument '{a.name.upper()}'"
                 ctx.fail(f"Missing {what}: {a.help}")

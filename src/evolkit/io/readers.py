@@ -2,7 +2,8 @@
 
 Every stage works on `Record`s, so this module is the one place that knows about Alpaca,
 ShareGPT, OpenAI messages, GSM8K-style pairs and evolkit's own rows, and about JSONL, JSON, CSV,
-Parquet and saved Hugging Face datasets. Two promises hold for every format:
+Parquet, saved Hugging Face datasets and datasets on the Hub (``hf://ORG/NAME``). Two promises
+hold for every format:
 
 - nothing is silently lost: columns we do not map go to ``meta["extra"]``, the system prompt and
   the turns around the first exchange go to ``meta`` so exports can restore them;
@@ -10,7 +11,8 @@ Parquet and saved Hugging Face datasets. Two promises hold for every format:
   `BadRecordError` (``on_bad="error"``) or as a `BadRow` handed to a sink (``on_bad="skip"``)
   that carries the original text, so a rejects file can be written and fixed by hand.
 
-Large inputs stream: JSONL is read line by line and Parquet batch by batch.
+Large inputs stream: JSONL is read line by line, Parquet batch by batch, and a Hub dataset
+through `datasets`' streaming mode, so ``--limit 100`` fetches about 100 rows, not the whole set.
 """
 
 from __future__ import annotations
@@ -555,7 +557,7 @@ def _csv_items(path: Path, delimiter: str) -> Iterator[_Item]:
                 yield start, "", dict(zip(header, cells, strict=True)), raw
 
 
-def _check_columns(path: Path, columns: Iterable[str]) -> None:
+def _check_columns(path: Path | str, columns: Iterable[str]) -> None:
     """With no column that can hold the instruction, fail once instead of once per row."""
     names = list(columns)
     if not any(c in INSTRUCTION_COLUMNS for c in names):
@@ -612,8 +614,117 @@ def _hf_items(path: Path) -> Iterator[_Item]:
 
 
 _FORMATS = (
-    ".jsonl, .ndjson, .json, .csv, .tsv (optionally .gz), .parquet or a saved HF dataset folder"
+    ".jsonl, .ndjson, .json, .csv, .tsv (optionally .gz), .parquet, a saved HF dataset folder "
+    "or hf://ORG/NAME"
 )
+
+# --------------------------------------------------------------------------- the Hub
+
+#: How an input names a dataset on the Hugging Face Hub: hf://ORG/NAME[/CONFIG][@SPLIT].
+HUB_PREFIX = "hf://"
+
+
+@dataclass(frozen=True)
+class HubRef:
+    """A dataset on the Hub (or a local folder `load_dataset` resolves the same way)."""
+
+    repo: str
+    config: str | None = None
+    split: str = "train"
+
+    def __str__(self) -> str:
+        name = self.repo + (f"/{self.config}" if self.config else "")
+        return f"{HUB_PREFIX}{name}@{self.split}"
+
+
+def hub_ref(source: Any) -> HubRef | None:
+    """The Hub dataset `source` names, or None when it is not an hf:// name.
+
+    A `Path` collapses the double slash (``Path("hf://a/b")`` is ``hf:/a/b``) and the command
+    line hands inputs over as paths, so both spellings are accepted.
+    """
+    if not isinstance(source, str | Path):
+        return None
+    text = str(source)
+    if not text.startswith("hf:/"):
+        return None
+    name = text[len("hf:") :].lstrip("/")
+    split = "train"
+    if "@" in name:
+        name, split = name.rsplit("@", 1)
+    parts = [p for p in name.split("/") if p]
+    if parts and parts[0] == "datasets":  # the Hub's own URL spelling: hf://datasets/org/name
+        parts = parts[1:]
+    if len(parts) not in (2, 3) or not split:
+        raise EvolkitError(
+            f"{text}: expected hf://ORG/NAME, hf://ORG/NAME@SPLIT or hf://ORG/NAME/CONFIG@SPLIT"
+        )
+    return HubRef("/".join(parts[:2]), parts[2] if len(parts) == 3 else None, split)
+
+
+def _hub_failure(ref: HubRef, exc: BaseException) -> EvolkitError:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "OfflineModeIsEnabled" in str(exc) or isinstance(exc, ConnectionError):
+        why = (
+            "HF_HUB_OFFLINE is set"
+            if _hub_offline()
+            else "the Hugging Face Hub cannot be reached from here"
+        )
+        return EvolkitError(
+            f"{ref}: cannot read it from the Hub ({why}); where there is a network, save it "
+            "with datasets' save_to_disk and pass that folder instead"
+        )
+    return EvolkitError(f"{ref}: cannot read it ({type(exc).__name__}: {text})")
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """`datasets` logs its own error line before raising; ours is the one the user sees."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _hub_offline() -> bool:
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return False
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def _hub_items(ref: HubRef) -> Iterator[_Item]:
+    """Rows streamed from the Hub: only as many are fetched as are read (``--limit``)."""
+    try:
+        import datasets
+    except ImportError:
+        raise EvolkitError(
+            f"{ref}: reading from the Hugging Face Hub needs the 'datasets' package "
+            "(pip install 'evolkit[hf]')"
+        ) from None
+    try:
+        with _quiet_datasets():
+            ds = datasets.load_dataset(ref.repo, ref.config, split=ref.split, streaming=True)
+    except Exception as exc:  # datasets raises ConnectionError, ValueError, its own errors
+        raise _hub_failure(ref, exc) from None
+    rows = iter(ds)
+    n = 0
+    while True:
+        try:
+            with _quiet_datasets():
+                row = next(rows)
+        except StopIteration:
+            return
+        except Exception as exc:  # a shard that cannot be fetched or parsed mid-stream
+            raise _hub_failure(ref, exc) from None
+        n += 1
+        if n == 1:
+            _check_columns(str(ref), row)
+        yield n, "row", row, None
 
 
 def _items_for(path: Path) -> tuple[Iterator[_Item], bool]:
@@ -651,7 +762,8 @@ def read_records(
     bad_sink: Callable[[BadRow], None] | None = None,
     limit: int | None = None,
 ) -> Iterator[Record]:
-    """Stream the records of a data file or saved HF dataset folder.
+    """Stream the records of a data file, a saved HF dataset folder, or a Hub dataset named
+    ``hf://ORG/NAME[/CONFIG][@SPLIT]`` (streamed: ``limit`` rows are all that is fetched).
 
     ``on_bad="error"`` raises `BadRecordError` at the first bad row; ``on_bad="skip"`` hands each
     bad row to ``bad_sink`` (if given) and goes on. ``limit`` caps the number of records yielded.
@@ -659,6 +771,9 @@ def read_records(
     """
     if on_bad not in ("error", "skip"):
         raise ValueError(f"on_bad must be 'error' or 'skip', not {on_bad!r}")
+    ref = hub_ref(path)
+    if ref is not None:
+        return _records(str(ref), _hub_items(ref), False, on_bad, bad_sink, limit)
     p = Path(path)
     items, text_cells = _items_for(p)
     return _records(str(p), items, text_cells, on_bad, bad_sink, limit)

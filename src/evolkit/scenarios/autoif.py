@@ -20,15 +20,16 @@ complete and never hold a duplicate.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from evolkit.config import Settings, opt
 from evolkit.errors import EvolkitError
-from evolkit.io.readers import BadRow, read_records
+from evolkit.io.readers import BadRow, read_records, records_from_rows
 from evolkit.io.writers import read_jsonl_tolerant, write_jsonl
 from evolkit.models.base import Backend, SamplingParams
 from evolkit.records import Record, make_id
@@ -45,6 +46,8 @@ from evolkit.stages.constraints import CONSTRAINT_ID, KIND, ORIGIN, STEP, constr
 from evolkit.stages.crossval import CrossValConfig
 from evolkit.stages.quality import QualityJudgeStage
 from evolkit.stages.respond import RespondStage
+from evolkit.stages.sample import STEP_NAME as SAMPLE_STEP
+from evolkit.stages.sample import FanOutStage, SampledRespondStage
 from evolkit.stages.validate_verifiers import ValidateVerifiersStage
 from evolkit.stages.verify_responses import VerifyResponsesStage
 from evolkit.stages.write_verifiers import WriteVerifiersStage
@@ -127,6 +130,13 @@ class AutoIFConfig(RunSettings, ResponseSettings, CrossValSettings):
         DEFAULT_TEMPLATE, "How a query and a constraint are joined ({query}, {constraint})."
     )
     # step 6: respond and verify
+    responses_per_query: int = opt(
+        1,
+        "Responses per composed instruction. 1: one greedy response. K > 1: K responses "
+        "sampled at --temperature with distinct seeds, so a query can have a passing and a "
+        "failing one (export --format dpo pairs them; the original sampled several for its "
+        "DPO data).",
+    )
     min_pass_rate: float = opt(
         0.0,
         "Keep responses passing at least this share of the verifiers; one pass is always "
@@ -154,6 +164,12 @@ class AutoIFConfig(RunSettings, ResponseSettings, CrossValSettings):
         for name in ("per_call", "functions_per_constraint", "queries_per_constraint"):
             if getattr(self, name) < 1:
                 raise EvolkitError(f"{name} must be at least 1")
+        if self.responses_per_query < 1:
+            raise EvolkitError("responses_per_query must be at least 1")
+        if self.responses_per_query > 1 and self.temperature <= 0:
+            raise EvolkitError(
+                "responses_per_query > 1 samples its responses: give a temperature above 0"
+            )
         if self.augment_calls < 0:
             raise EvolkitError("augment_calls must be >= 0 (0 = verify the seeds only)")
         if not 0.0 <= self.min_pass_rate <= 1.0 or not 0.0 <= self.min_accuracy <= 1.0:
@@ -166,35 +182,78 @@ class AutoIFConfig(RunSettings, ResponseSettings, CrossValSettings):
             "judge": self.judge or self.evolver,
         }
 
+    def sample_params(self) -> SamplingParams:
+        """How the K > 1 responses are sampled (each copy adds its index to the seed)."""
+        greedy = self.respond_params()
+        return replace(greedy, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+
+    def step_names(self) -> tuple[str, ...]:
+        if self.responses_per_query == 1:
+            return STEP_NAMES
+        return (*STEP_NAMES[:-1], SAMPLE_STEP, STEP_NAMES[-1])
+
 
 # --------------------------------------------------------------------------- inputs
 
 
-def read_seed_constraints(path: str | Path) -> list[str]:
-    """One constraint per line; blank lines and `#` comments are skipped."""
-    p = Path(path)
-    if not p.is_file():
-        raise EvolkitError(f"{p}: no such constraints file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise EvolkitError(f"{p}: not UTF-8 text ({exc.reason})") from None
-    return [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]
+def read_seed_constraints(source: str | Path | Sequence[str]) -> list[str]:
+    """One constraint per line of a file, or a list of constraints in memory; blank lines and
+    `#` comments are skipped."""
+    if isinstance(source, str | Path):
+        p = Path(source)
+        if not p.is_file():
+            raise EvolkitError(f"{p}: no such constraints file")
+        try:
+            lines = p.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise EvolkitError(f"{p}: not UTF-8 text ({exc.reason})") from None
+    elif isinstance(source, list | tuple) and all(isinstance(x, str) for x in source):
+        lines = list(source)
+    else:
+        raise EvolkitError(
+            "constraints: expected a file of one constraint per line or a list of strings, "
+            f"not a {type(source).__name__}"
+        )
+    return [s for line in lines if (s := line.strip()) and not s.startswith("#")]
+
+
+def describe_constraints(source: str | Path | Sequence[str]) -> Any:
+    """What config.json records about the seed constraints (a path, or a digest of lines)."""
+    if isinstance(source, str | Path):
+        return describe_input(source)
+    digest = hashlib.sha256("\n".join(source).encode("utf-8")).hexdigest()[:16]
+    return {"lines": "in memory", "digest": digest}
+
+
+def query_sources(queries: Any) -> list[Any]:
+    """Files (or hf:// names) as a list of paths; rows in memory (dicts, a datasets.Dataset, a
+    DataFrame) as one source."""
+    if isinstance(queries, str | Path):
+        return [queries]
+    if isinstance(queries, list | tuple) and all(isinstance(q, str | Path) for q in queries):
+        return list(queries)
+    return [queries]
 
 
 def load_queries(
-    paths: Sequence[str | Path], min_chars: int, max_chars: int, on_bad: str
+    paths: Sequence[Any], min_chars: int, max_chars: int, on_bad: str
 ) -> tuple[list[tuple[str, str]], list[BadRow], dict[str, int]]:
     """User queries (the first user turn of each row) whose length is in range, deduplicated.
 
-    Any format `read_records` knows works: MT-Bench / Vicuna `turns`, Alpaca, ShareGPT, messages.
+    Any format `read_records` knows works: MT-Bench / Vicuna `turns`, Alpaca, ShareGPT, messages;
+    a source may be a file, an hf:// name or rows in memory.
     """
     bad: list[BadRow] = []
     seen: set[str] = set()
     out: list[tuple[str, str]] = []
     stats = {"read": 0, "out_of_range": 0, "duplicates": 0}
     for path in paths:
-        for rec in read_records(path, on_bad=on_bad, bad_sink=bad.append):  # type: ignore[arg-type]
+        records = (
+            read_records(path, on_bad=on_bad, bad_sink=bad.append)  # type: ignore[arg-type]
+            if isinstance(path, str | Path)
+            else records_from_rows(path, on_bad=on_bad, bad_sink=bad.append)  # type: ignore[arg-type]
+        )
+        for rec in records:
             stats["read"] += 1
             text = rec.instruction.strip()
             if not min_chars <= len(text) <= max_chars:
@@ -213,8 +272,8 @@ def load_queries(
 
 
 def autoif(
-    constraints_path: str | Path,
-    queries_paths: Sequence[str | Path],
+    constraints_path: str | Path | Sequence[str],
+    queries_paths: Any,
     out: str | Path,
     config: AutoIFConfig | Mapping[str, Any] | None = None,
     *,
@@ -223,8 +282,11 @@ def autoif(
 ) -> dict[str, Any]:
     """Run AutoIF into the run folder `out` and return the summary (also in summary.json).
 
-    `settings` are the CLI's option names. `backends` maps a role ("evolver", "responder",
-    "judge") to a ready Backend object that replaces that role's model (notebooks, tests).
+    `constraints_path` is a file of one constraint per line, or a list of constraints;
+    `queries_paths` is a list of files (or hf:// names), or rows in memory (a list of dicts,
+    a datasets.Dataset, a DataFrame). `settings` are the CLI's option names. `backends` maps a
+    role ("evolver", "responder", "judge") to a ready Backend object that replaces that role's
+    model (notebooks, tests).
     """
     cfg = AutoIFConfig.make(config, **settings)
     # Read and check every input before any model loads.
@@ -234,15 +296,16 @@ def autoif(
         seeds = seeds[: cfg.limit_seeds]
     if not seeds:
         raise EvolkitError(f"{constraints_path}: no seed constraints (one per line expected)")
-    if not queries_paths:
+    sources = query_sources(queries_paths)
+    if not sources:
         raise EvolkitError("AutoIF needs at least one queries file (--queries)")
     queries, bad, query_stats = load_queries(
-        queries_paths, cfg.query_min_chars, cfg.query_max_chars, cfg.on_bad_record
+        sources, cfg.query_min_chars, cfg.query_max_chars, cfg.on_bad_record
     )
     if not queries:
         raise EvolkitError(
             f"no query of {cfg.query_min_chars}-{cfg.query_max_chars} characters in "
-            + ", ".join(map(str, queries_paths))
+            + ", ".join(str(q) if isinstance(q, str | Path) else "the rows given" for q in sources)
         )
     roles = {r: cfg.model_spec(m, cfg.batch_size) for r, m in cfg.role_models().items()}
     with Runner(
@@ -250,8 +313,10 @@ def autoif(
         cfg,
         out,
         inputs={
-            "constraints": describe_input(constraints_path),
-            "queries": describe_input(list(queries_paths)),
+            "constraints": describe_constraints(constraints_path),
+            "queries": describe_input(
+                sources if all(isinstance(q, str | Path) for q in sources) else sources[0]
+            ),
         },
         roles=roles,
         sandbox=cfg.sandbox(),
@@ -337,10 +402,13 @@ def _run_steps(
         [ComposeStage(queries, cfg.queries_per_constraint, cfg.seed, cfg.compose_template)],
         rows,
     ).kept
-    respond: list[Stage] = [
-        RespondStage(cfg.respond_params()),
-        VerifyResponsesStage(cfg.min_pass_rate, cfg.drop_truncated),
-    ]
+    answer: Stage = RespondStage(cfg.respond_params())
+    if cfg.responses_per_query > 1:
+        # K copies of each composed instruction, kept in the store so every response's
+        # parent is on disk; each copy samples with its own seed.
+        rows = run.step(SAMPLE_STEP, [FanOutStage(cfg.responses_per_query)], rows).kept
+        answer = SampledRespondStage(cfg.sample_params())
+    respond: list[Stage] = [answer, VerifyResponsesStage(cfg.min_pass_rate, cfg.drop_truncated)]
     if cfg.quality_judge:
         respond.append(QualityJudgeStage(cfg.quality_threshold))
     run.step("respond", respond, rows)
@@ -397,7 +465,7 @@ def step_counts(run: RunFolder, steps: Sequence[str] = STEP_NAMES) -> dict[str, 
 
 def summarize(run: RunFolder, cfg: AutoIFConfig) -> dict[str, Any]:
     """Counts per step and the funnel from seeds to verified responses."""
-    steps = step_counts(run)
+    steps = step_counts(run, cfg.step_names())
     verifiers = run.kept_records("verifiers")
     crossval = run.kept_records("crossval")
     responses = run.kept_records("respond")

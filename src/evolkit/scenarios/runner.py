@@ -27,7 +27,7 @@ from evolkit.config import Settings, opt, parse_json_object
 from evolkit.console import log_file
 from evolkit.engines.base import ENGINES, Engine, StepResult
 from evolkit.errors import EvolkitError
-from evolkit.io.readers import BadRow
+from evolkit.io.readers import BadRow, hub_ref
 from evolkit.models import BACKENDS, ModelSpec, ScorerSpec
 from evolkit.records import Record
 from evolkit.resources import ResourceSpec, SandboxSpec
@@ -173,12 +173,19 @@ def rows_fingerprint(rows: Sequence[Record]) -> str:
 
 
 def describe_input(source: Any) -> Any:
-    """What a run's config records about an input: a resolved path, or a digest of rows."""
+    """What a run's config records about an input: a resolved path, a Hub name
+    (hf://ORG/NAME@SPLIT), or a digest of rows."""
+
+    def one(path: str | Path) -> str:
+        ref = hub_ref(path)
+        return str(ref) if ref is not None else str(Path(path).resolve())
+
     if isinstance(source, str | Path):
-        return str(Path(source).resolve())
+        return one(source)
     if isinstance(source, list | tuple) and all(isinstance(s, str | Path) for s in source):
-        return [str(Path(s).resolve()) for s in source]
-    return {"rows": "in memory", "digest": rows_fingerprint(_as_records(source, "error")[0])}
+        return [one(s) for s in source]
+    # Bad rows are left out of the digest: with on_bad_record="skip" they must not stop the run.
+    return {"rows": "in memory", "digest": rows_fingerprint(_as_records(source, "skip")[0])}
 
 
 def _as_records(source: Any, on_bad: str, limit: int | None = None) -> tuple[list[Record], list]:
