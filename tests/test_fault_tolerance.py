@@ -150,7 +150,17 @@ def test_a_server_that_stays_down_stops_the_run_and_a_rerun_resumes(
 
         monkeypatch.setattr(RunFolder, "commit", commit_then_die)
         with pytest.raises(BackendError) as info:
-            evolve(seeds, out, cfg, batch_size=2, cache=None, progress=False, backends=client())
+            # one batch at a time: the second batch meets the dead server
+            evolve(
+                seeds,
+                out,
+                cfg,
+                batch_size=2,
+                concurrent_batches=1,
+                cache=None,
+                progress=False,
+                backends=client(),
+            )
         message = str(info.value)
         assert "\n" not in message
         assert message.startswith(f"cannot reach the OpenAI-compatible server at {proxy.url}")
