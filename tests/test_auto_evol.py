@@ -639,6 +639,13 @@ def test_improved_methods_are_read_from_the_optimizer_answer() -> None:
         f"The improved method is needed because...\nNew method:\n{body}",  # the last heading
     ):
         assert parse_candidate(text).method == body, text
+    # a small model copies the prompt's <<< >>> frame instead: the last block with the placeholder
+    copied = f"The current method:\n<<<\nOld one.\n>>>\nCases...\n<<<\n{body}\n>>\nCase 1"
+    assert parse_candidate(copied).method == body
+    # a sentence that mentions an improved method is no heading
+    assert (
+        parse_candidate("The improved method is needed because it fails.\nIt asks.").method is None
+    )
     assert parse_candidate("Changes: ask fewer questions.").problem == "no improved-method section"
     assert parse_candidate("Improved method:\n").problem == "the improved-method section is empty"
     assert "too short" in str(parse_candidate("Improved method: be better").problem)
@@ -803,3 +810,45 @@ def test_help_lists_the_settings() -> None:
         "--evolver", "--optimizer", "--method", "--max-new-tokens", "--engine",
     ):  # fmt: skip
         assert flag in res.stdout, flag
+
+
+@pytest.mark.slow
+def test_the_embedded_model_on_a_tiny_setting(tmp_path: Path, embedded_dir: Path) -> None:
+    """The real 135M model through the whole loop: its multi-part answers are read (or named
+    failures), the optimizer's answers recorded, and every input row accounted for."""
+    seeds = write_seeds(tmp_path / "seeds.jsonl", SEEDS[:3])
+    out = tmp_path / "run"
+    summary = auto_evol(
+        seeds,
+        out,
+        steps=1,
+        mini_batch=1,
+        candidates=1,
+        dev_size=2,
+        attempts=1,
+        evolve_max_new_tokens=160,
+        optimizer_max_new_tokens=200,
+        max_new_tokens=48,
+        cache=None,
+        progress=False,
+    )
+    methods = json.loads((out / "methods.json").read_text())
+    initial, candidate = methods["methods"]
+    assert initial["dev_size"] == 2
+    assert sum(initial["dev_failures"].values()) == initial["dev_failure_rate"] * 2
+    assert candidate["evaluated"] or candidate["problem"]
+    evolutions = [r for r in read(out / "steps.jsonl") if "auto_evol" in r["meta"]]
+    rejected = read(out / "rejected.jsonl") if (out / "rejected.jsonl").exists() else []
+    for row in evolutions + rejected:
+        info = row["meta"]["auto_evol"]
+        assert row["meta"]["evolution"]["raw"]  # the model wrote something
+        assert (info["failure"] is None and row["instruction"]) or info["failure"] in (
+            "asks_back",
+            "unparsed",
+            "unchanged",
+        )
+    final = summary["final"]
+    assert final["kept"] + final["rejected"] == 3
+    assert len(read(out / "evolved.jsonl")) == final["kept"]
+    data = json.loads((out / "trajectory_methods.json").read_text())
+    assert data["all"]["trajectories"] == len(evolutions) + len(rejected)

@@ -383,7 +383,9 @@ class _Loop:
             "mini_batch_overlaps_dev": bool({r.id for r in self.dev} & {r.id for r in self.pool}),
             "optimisation": {
                 "initial_dev_failure_rate": first.dev_failure_rate,
-                "initial_dev_failures": first.dev_failures,
+                "initial_dev_failures": {r: first.dev_failures.get(r, 0) for r in FAILURE_RULES}
+                if first.dev_size
+                else None,
                 "steps": self.steps,
             },
             "best_method": {

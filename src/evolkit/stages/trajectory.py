@@ -287,12 +287,15 @@ def parse_trajectory(text: str, method: str = "") -> Trajectory:
 
 _IMPROVED = re.compile(
     r"""^\s*(?:>\s*)?\#{0,6}\s*(?:\*{1,3}|_{1,3}|\#)?\s*(?:\d+[.)]\s*|step\s*\d+\s*[:.)-]?\s*)?
-    (?:the\s+|my\s+|here\s+is\s+the\s+|here\s+is\s+an?\s+)?
+    (?:the\s+|my\s+|here\s+is\s+the\s+|here\s+is\s+an?\s+|here['’]s\s+the\s+)?
     (?:improved|new|optimi[sz]ed|revised|updated|better|rewritten|final)\s+
-    (?:evolving\s+|evolution\s+)?method\b[^\n:]{0,30}
-    (?:\#|\*{1,3}|_{1,3})?\s*[:：]?\s*(?:\*{1,3}|_{1,3})?[ \t]*""",
+    (?:evolving\s+|evolution\s+)?method\b[^\n:.]{0,30}?\s*(?:\#|\*{1,3}|_{1,3})?\s*
+    (?:[:：]\s*(?:\*{1,3}|_{1,3})?[ \t]*|$)""",
     re.VERBOSE | re.IGNORECASE | re.MULTILINE,
 )
+# A method written out between the prompt's own <<< >>> marks (small models copy that frame
+# instead of writing the heading): a block holding the {instruction} placeholder.
+_BLOCK = re.compile(r"(?s)<<<[ \t]*\n(?P<body>.*?\{instruction\}[^\n]*)\n\s*>{2,3}")
 _DELIMITED = re.compile(r"(?s)^(<<<|```[\w-]*|\"\"\"|---+)\s*\n(.*?)\n\s*(>>>|```|\"\"\"|---+)\s*$")
 
 
@@ -310,6 +313,12 @@ def parse_candidate(text: str, min_words: int = 12) -> Candidate:
     """
     matches = list(_IMPROVED.finditer(text))
     if not matches:
+        # The last block that holds a method; each "<<<" line is tried as a start, since an
+        # earlier block may be the copied current method.
+        starts = [m.start() for m in re.finditer(r"(?m)^[ \t]*<<<", text)]
+        blocks = [b for b in (_BLOCK.match(text, i) for i in starts) if b]
+        if blocks:
+            return _checked(blocks[-1].group("body").strip(), min_words)
         return Candidate(None, "no improved-method section")
     # The last such heading: optimizers often name the section in their analysis first.
     body = text[matches[-1].end() :].strip()
@@ -318,6 +327,10 @@ def parse_candidate(text: str, min_words: int = 12) -> Candidate:
         body = m.group(2).strip()
     body = re.sub(r"^(<<<|```[\w-]*)\s*\n", "", body)
     body = re.sub(r"\n\s*(>>>|```)\s*$", "", body).strip()
+    return _checked(body, min_words)
+
+
+def _checked(body: str, min_words: int) -> Candidate:
     if len(body.split()) < min_words:
         if not body:
             return Candidate(None, "the improved-method section is empty")
