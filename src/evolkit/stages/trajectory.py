@@ -364,7 +364,10 @@ def method_items(section: str) -> list[str]:
     if len(items) == 1 and not listed:
         parts = re.split(r"\s*;\s*", items[0])
         if len(parts) == 1:
-            parts = re.split(r"\s*,\s*(?:and\s+)?|\s+and\s+(?=[a-z]+\b)", items[0])
+            # "a, b and c" is three items; "in a logical and coherent way" (no comma) is one.
+            parts = re.split(r"\s*,\s*(?:and\s+)?", items[0])
+            if len(parts) > 1:
+                parts = [*parts[:-1], *re.split(r"\s+and\s+", parts[-1])]
         items = parts
     return [i.strip(" .") for i in items if i.strip(" .")]
 
