@@ -261,6 +261,12 @@ def test_ties_keep_the_current_method_and_the_first_of_equal_candidates_wins(
     rates = {m["version"]: m["dev_failure_rate"] for m in methods["methods"]}
     assert rates["step1-candidate1"] == rates["step1-candidate2"] == 0.0
     assert methods["best"] == "step1-candidate1"
+    # the same text twice (a greedy optimizer): the second is recorded, not evaluated again
+    run(seeds, tmp_path / "twins", {1: "GOOD", 2: "GOOD"}, candidates=2)
+    methods = json.loads((tmp_path / "twins" / "methods.json").read_text())
+    twin = methods["methods"][2]
+    assert twin["problem"] == "the same text as step1-candidate1" and not twin["evaluated"]
+    assert "opt-1-dev-2" not in journal_steps(tmp_path / "twins")
 
 
 def test_later_steps_start_from_the_chosen_method(tmp_path: Path) -> None:

@@ -322,8 +322,14 @@ class _Loop:
             info = row.meta["optimizer"]
             text = row.instruction if info["parsed"] else None
             cand = Method(str(row.method_version), s, k, parent.version, text, info["problem"])
+            twin = next(
+                (c for c in candidates if c.text and text and _same_text(c.text, text)), None
+            )
             if text is not None and _same_text(text, parent.text):
                 cand.problem = "the same text as its parent"
+            elif twin is not None:
+                # A greedy optimizer writes the same candidate M times: one evaluation is enough.
+                cand.problem = f"the same text as {twin.version}"
             elif text is not None:
                 self.evaluate(cand, f"opt-{s}-dev-{k}")
             candidates.append(cand)
