@@ -26,6 +26,12 @@ from evolkit.models.base import ChatRequest, SamplingParams
 from evolkit.models.scoring import Losses, ScoreItem
 from evolkit.records import Record
 from evolkit.stages.augment import AugmentStage, ConstraintFilterStage, call_row
+from evolkit.stages.auto_evol import (
+    MethodEvolveStage,
+    OptimizeStage,
+    candidate_row,
+    universal_method,
+)
 from evolkit.stages.back_translate import BackTranslateStage
 from evolkit.stages.base import ROLES, Stage
 from evolkit.stages.compose import ComposeStage
@@ -58,6 +64,11 @@ def evolver_answer(req: ChatRequest) -> str:
         return "It checks that the response has fewer than six words."
     if "constraints" in text.lower():
         return "- Answer in one sentence\n- Use no commas\n- End with a question"
+    if "Instruction to rewrite:" in text:  # an evolving method (Auto Evol-Instruct)
+        seed = text.rsplit("\n", 1)[-1]
+        if "painter" in seed:
+            return "Sure! Could you please provide more details?"
+        return f"Methods:\n- add a limit\nFinal instruction:\n{seed} Use {len(text) % 5 + 2} lines."
     # an evolution: a longer rewrite, seeded by the request (a different text per request)
     return text.rsplit("Instruction: ", 1)[-1] + f" Use exactly {len(text) % 7 + 2} sentences."
 
@@ -74,6 +85,15 @@ def judge_answer(req: ChatRequest) -> str:
 def responder_answer(req: ChatRequest) -> str:
     text = last_user(req)
     return "Sorry." if "painter" in text else f"A short answer to {len(text)} chars."
+
+
+def optimizer_answer(req: ChatRequest) -> str:
+    if req.params.seed % 2:
+        return "Failed cases: none I can see."
+    return (
+        f"Improved method:\nRewrite the instruction so it is harder, variant {req.params.seed}, "
+        + ("then give the Final instruction: heading.\nInstruction to rewrite:\n{instruction}")
+    )
 
 
 class FakeScorer:
@@ -105,6 +125,7 @@ class FakeResources:
             "evolver": ScriptedBackend(evolver_answer, "evolver-x"),
             "judge": ScriptedBackend(judge_answer, "judge-x"),
             "responder": ScriptedBackend(responder_answer, "responder-x"),
+            "optimizer": ScriptedBackend(optimizer_answer, "optimizer-x"),
             "scorer": FakeScorer(),
             "sandbox": sandbox,
         }
@@ -221,6 +242,25 @@ CASES: dict[type[Stage], Case] = {
         lambda: SampledRespondStage(SamplingParams(temperature=0.7, seed=5)), fanned_out
     ),
     QualityJudgeStage: Case(QualityJudgeStage, responses),
+    MethodEvolveStage: Case(
+        lambda: MethodEvolveStage(
+            universal_method(),
+            "step0-initial",
+            "final",
+            SamplingParams(temperature=0.7, seed=3),
+            samples=2,
+            reject_unparsed=True,
+            attempts=2,
+            rules=list(ALL_RULES),
+        ),
+        seeds,
+    ),
+    OptimizeStage: Case(
+        lambda: OptimizeStage(
+            universal_method(), "step0-initial", "Case 1\nProblem: none found", SamplingParams()
+        ),
+        lambda: [candidate_row(1, k) for k in range(1, 5)],
+    ),
 }
 
 

@@ -7,7 +7,7 @@ kill resumes inside the round it stopped in.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,35 +104,46 @@ class EvolConfig(RunSettings, ResponseSettings):
         }
 
 
+def instruction_check_stages(rules: Sequence[str], settings: RuleSettings) -> list[Stage]:
+    """What judges a rewritten instruction: the cheap rules, then duplicates across the run,
+    then the judge model (each only when its rule is on). Shared with Auto Evol-Instruct."""
+    stages: list[Stage] = [EliminateStage(rules, "instruction", settings)]
+    if "duplicate" in rules:
+        stages.append(DedupStage())
+    if "no_information_gain" in rules:
+        stages.append(JudgeStage())
+    return stages
+
+
+def response_stages(
+    rules: Sequence[str], settings: RuleSettings, params: SamplingParams
+) -> list[Stage]:
+    """What answers a kept instruction and judges the answer. Shared with Auto Evol-Instruct."""
+    return [RespondStage(params), EliminateStage(rules, "response", settings)]
+
+
 def round_stages(cfg: EvolConfig, r: int) -> list[Stage]:
     """One round of Evol-Instruct: the list of stages, as plain specs."""
-    stages: list[Stage] = [
-        EvolveStage(
-            r,
-            cfg.operations,
-            cfg.policy,
-            cfg.seed,
-            SamplingParams(
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                max_new_tokens=cfg.evolve_max_new_tokens,
-                seed=cfg.seed,
-            ),
-            attempts=cfg.attempts,
-            rules=cfg.rules,
-            rule_settings=cfg.rule_settings,
+    evolve = EvolveStage(
+        r,
+        cfg.operations,
+        cfg.policy,
+        cfg.seed,
+        SamplingParams(
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.evolve_max_new_tokens,
+            seed=cfg.seed,
         ),
-        EliminateStage(cfg.rules, "instruction", cfg.rule_settings),
+        attempts=cfg.attempts,
+        rules=cfg.rules,
+        rule_settings=cfg.rule_settings,
+    )
+    return [
+        evolve,
+        *instruction_check_stages(cfg.rules, cfg.rule_settings),
+        *response_stages(cfg.rules, cfg.rule_settings, cfg.respond_params()),
     ]
-    if "duplicate" in cfg.rules:
-        stages.append(DedupStage())
-    if "no_information_gain" in cfg.rules:
-        stages.append(JudgeStage())
-    stages += [
-        RespondStage(cfg.respond_params()),
-        EliminateStage(cfg.rules, "response", cfg.rule_settings),
-    ]
-    return stages
 
 
 def evolve(
