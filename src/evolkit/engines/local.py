@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from evolkit.engines.base import (
+    BatchOutcome,
+    ChainState,
     Engine,
     StepResult,
+    check_whole_step,
     commit_outcome,
     now,
     run_chain,
     step_start,
+    whole_outcome,
+    whole_step_index,
 )
 from evolkit.engines.base import batches as split
 from evolkit.progress import StepProgress
@@ -39,6 +44,7 @@ class LocalEngine(Engine):
         self, step: str, stages: Sequence[Stage], inputs: Sequence[Record], run: RunFolder
     ) -> StepResult:
         todo, skipped = step_start(run, step, inputs)
+        check_whole_step(step, stages, todo, skipped)
         previous = run.kept_records(step)
         live = [copy.deepcopy(s) for s in stages]  # the caller's specs stay unbound
         for stage in live:
@@ -51,14 +57,12 @@ class LocalEngine(Engine):
         with StepProgress(
             step, len(inputs), skipped, stream_is_tty=None if self.progress else False
         ) as bar:
-            for batch in split(todo, self.batch_size):
-                outcome = run_chain(live, batch)
+            for outcome in self._outcomes(live, todo, bar):
                 commit_outcome(run, step, outcome)
                 kept_new.extend(outcome.kept)
                 processed += len(outcome.inputs)
                 failed += len(outcome.failed_inputs)
                 failures.update(outcome.failures)
-                bar.advance(len(batch), self.retries())
         return StepResult(
             kept=previous + kept_new,
             processed=processed,
@@ -67,6 +71,34 @@ class LocalEngine(Engine):
             failed=failed,
             failures=failures,
         )
+
+    def _outcomes(
+        self, stages: Sequence[Stage], todo: Sequence[Record], bar: StepProgress
+    ) -> Iterator[BatchOutcome]:
+        """One outcome per batch; with a whole-step stage, the stages before it still run batch
+        by batch (progress moves), then the rest runs once over every row (one outcome)."""
+        whole = whole_step_index(stages)
+        if whole is None:
+            for batch in split(todo, self.batch_size):
+                yield run_chain(stages, batch)
+                bar.advance(len(batch), self.retries())
+            return
+        if not todo:
+            return
+        states = []
+        for batch in split(todo, self.batch_size):
+            state = ChainState.start(batch)
+            for stage in stages[:whole]:
+                state.apply(stage)
+            states.append(state)
+            if whole:
+                bar.advance(len(batch), self.retries())
+        merged = ChainState.merge(states)
+        for stage in stages[whole:]:
+            merged.apply(stage)
+        yield whole_outcome(merged.outcome())
+        if not whole:
+            bar.advance(len(todo), self.retries())
 
     def usage(self) -> dict[str, dict[str, Any]]:
         return self.resources.usage()
