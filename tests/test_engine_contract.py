@@ -21,6 +21,7 @@ import pytest
 
 from evolkit.models.base import ChatRequest
 from evolkit.scenarios.evol_instruct import evolve
+from tests.analyze_fixtures import FakeEmbedder
 from tests.fakes import ScriptedBackend, instruction_of, last_user
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,11 +48,13 @@ def responder(req: ChatRequest) -> str:
     return "Sorry, no." if "painter" in last_user(req) else "A careful answer with details."
 
 
-def backends(fail_after: int | None = None) -> dict[str, ScriptedBackend]:
+def backends(fail_after: int | None = None) -> dict[str, Any]:
     return {
         "evolver": ScriptedBackend(evolver, "evolver-x", fail_after=fail_after),
         "judge": ScriptedBackend(judge, "judge-x"),
         "responder": ScriptedBackend(responder, "responder-x"),
+        # the drifted rule's embedder: no model to load in every Ray actor
+        "embedder": FakeEmbedder(),
     }
 
 

@@ -99,6 +99,10 @@ class Embedder:
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
                 try:
                     from sentence_transformers import SentenceTransformer
+
+                    from evolkit.models.local import quiet_transformers
+
+                    quiet_transformers()  # no "Loading weights" bar in the middle of progress
                 except ImportError as e:
                     raise EvolkitError(
                         "diversity measures need sentence-transformers; install evolkit[analyze]"

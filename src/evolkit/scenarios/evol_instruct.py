@@ -19,7 +19,7 @@ from evolkit.models.base import Backend, SamplingParams
 from evolkit.runs import RunFolder
 from evolkit.scenarios.runner import ModelSettings, Runner, RunSettings, describe_input
 from evolkit.stages.base import Stage
-from evolkit.stages.eliminate import DedupStage, EliminateStage, JudgeStage
+from evolkit.stages.eliminate import DedupStage, DriftStage, EliminateStage, JudgeStage
 from evolkit.stages.evolve import OPERATIONS, POLICIES, EvolveStage
 from evolkit.stages.respond import RespondStage
 from evolkit.stages.rules import ALL_RULES, RuleSettings
@@ -124,6 +124,10 @@ def round_stages(cfg: EvolConfig, r: int) -> list[Stage]:
         ),
         EliminateStage(cfg.rules, "instruction", cfg.rule_settings),
     ]
+    if "drifted" in cfg.rules:
+        # Before dedup and the judge: a drifted rewrite neither blocks a later duplicate nor
+        # costs a judge call.
+        stages.append(DriftStage(cfg.rule_settings))
     if "duplicate" in cfg.rules:
         stages.append(DedupStage())
     if "no_information_gain" in cfg.rules:
