@@ -31,7 +31,7 @@ class Arg:
     name: str
     help: str
     flags: tuple[str, ...] = ()  # empty: a positional argument
-    multiple: bool = False
+    multiple: bool = False  # several values: a repeated flag, or a positional taking the rest
     required: bool = True  # required unless --config names a run that recorded it
 
 
@@ -143,7 +143,8 @@ def settings_command(
             tp: Any = list[Path] | None if a.multiple else Path | None
             ann = Annotated[tp, typer.Option(*a.flags, help=a.help)]
         else:
-            ann = Annotated[Path | None, typer.Argument(help=a.help, show_default=False)]
+            tp = list[Path] | None if a.multiple else Path | None
+            ann = Annotated[tp, typer.Argument(help=a.help, show_default=False)]
         params.append(
             inspect.Parameter(a.name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=None)
         )
