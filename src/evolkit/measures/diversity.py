@@ -105,7 +105,7 @@ class Embedder:
                     quiet_transformers()  # no "Loading weights" bar in the middle of progress
                 except ImportError as e:
                     raise EvolkitError(
-                        "diversity measures need sentence-transformers; install evolkit[analyze]"
+                        "sentence embeddings need sentence-transformers: install evolkit[analyze]"
                     ) from e
                 try:
                     self._model = SentenceTransformer(

@@ -188,8 +188,8 @@ class DriftStage(Stage):
                 self.embedder.dimension  # noqa: B018 - loads the model now
         except EvolkitError as exc:
             raise EvolkitError(
-                f"the drifted rule needs a sentence embedder: {exc}; or switch the rule off "
-                "with --disable-rule drifted"
+                f"the drifted rule needs a sentence embedder ({exc}); or switch the rule off "
+                "with --disable-rule drifted (and --overwrite, as this run's settings change)"
             ) from None
 
     def process(self, batch: list[Record]) -> list[Record]:
