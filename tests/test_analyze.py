@@ -23,7 +23,6 @@ from evolkit.stages.measure import DifficultyStage, DiversityStage, OutputSpaceS
 from evolkit.stages.rules import RuleSettings
 from tests.analyze_fixtures import FakeEmbedder, evolver_gen, judge_text, measure_backends
 from tests.fakes import ScriptedBackend, instruction_of, last_user
-from tests.test_engine_contract import ray_cluster  # noqa: F401 - the shared Ray fixture
 
 np = pytest.importorskip("numpy")
 
@@ -416,15 +415,6 @@ def test_compare_cli_takes_several_runs(source: Path, tmp_path: Path, monkeypatc
     assert "report: " in res.output and (tmp_path / "r" / "report.html").is_file()
     names = [r["name"] for r in json.loads((tmp_path / "r" / "summary.json").read_text())["runs"]]
     assert names == ["run", "run-2"]
-
-
-@pytest.mark.usefixtures("ray_cluster")
-def test_analyze_on_ray_equals_local(source: Path, tmp_path: Path) -> None:
-    analysed(source, tmp_path / "local", batch_size=2)
-    analysed(source, tmp_path / "ray", batch_size=2, engine="ray", workers=2)
-    assert (tmp_path / "ray" / "measures.jsonl").read_bytes() == (
-        tmp_path / "local" / "measures.jsonl"
-    ).read_bytes()
 
 
 def test_a_whole_step_done_in_part_is_refused(tmp_path: Path) -> None:

@@ -217,3 +217,14 @@ def test_ray_scores_equal_local_scores(
         assert x.keys() == y.keys()
         for k in x:
             assert abs(x[k] - y[k]) < 1e-4, k
+
+
+def test_analysis_on_ray_equals_local(ray_cluster: None, tmp_path: Path) -> None:
+    """A step with a whole-step stage (diversity after two model stages) on both engines."""
+    from tests.test_analyze import analysed, make_run
+
+    source = make_run(tmp_path)
+    analysed(source, tmp_path / "local", batch_size=2)
+    analysed(source, tmp_path / "ray", batch_size=2, engine="ray", workers=2)
+    local = (tmp_path / "local" / "measures.jsonl").read_bytes()
+    assert local and (tmp_path / "ray" / "measures.jsonl").read_bytes() == local
