@@ -367,7 +367,8 @@ def test_analyze_errors_are_one_line(tmp_path: Path) -> None:
 def test_compare_analyses_into_the_report_folder(source: Path, tmp_path: Path) -> None:
     other = make_run(tmp_path, "hot", temperature=1.0)
     pre = tmp_path / "pre"
-    analysed(other, pre)  # an analysis folder is used as it is
+    done, _ = analysed(other, pre)  # an analysis folder is used as it is
+    (other / "rejected.jsonl").unlink()  # its counts were recorded with it
     report = tmp_path / "report"
     before = snapshot(source)
     summary = compare(
@@ -391,6 +392,8 @@ def test_compare_analyses_into_the_report_folder(source: Path, tmp_path: Path) -
     assert cool["config"]["evolver"] == "embedded (local)"
     assert cool["headline"]["rows"] == len(rows_of(source / "evolved.jsonl"))
     assert cool["outcomes_by_operation"]  # elimination reasons came from the run's rejects
+    assert hot["outcomes_by_operation"] == done["figures"]["outcomes_by_operation"]
+    assert hot["headline"]["kept_rate"] == done["figures"]["headline"]["kept_rate"] < 1.0
     page = (report / "report.html").read_text()
     assert "cool" in page and "hot" in page
 

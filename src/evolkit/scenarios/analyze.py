@@ -462,23 +462,36 @@ def compare(
 
 
 def load_analysis(folder: Path, name: str) -> Any:
-    """An analysis folder as the report's RunMeasures."""
-    from evolkit.report import RunMeasures
+    """An analysis folder as the report's RunMeasures. Kept and eliminated counts come from
+    the analysis's own summary (recorded with the rows it measured), so a run folder moved or
+    resumed since does not change them."""
+    from evolkit.report import Outcomes, RunMeasures
 
     summary = _read_json(folder / SUMMARY)
     rows, _ = read_jsonl_tolerant(folder / MEASURES)
     if not rows:
         raise EvolkitError(f"{folder}: the analysis holds no measured rows")
-    src_path = summary.get("run")
-    rejected: list[dict[str, Any]] = []
-    if src_path:
-        rej = Path(src_path) / REJECTED
-        if rej.is_file():
-            rejected = read_jsonl_tolerant(rej)[0]
-    return RunMeasures.from_rows(
-        name,
-        rows,
-        rejected,
-        summary=summary.get("run_summary") or {},
-        source=str(src_path or folder),
+    source = str(summary.get("run") or folder)
+    run = RunMeasures.from_rows(
+        name, rows, (), summary=summary.get("run_summary") or {}, source=source
     )
+    figures = summary.get("figures") or {}
+
+    def outcomes(data: Mapping[str, Any]) -> Outcomes:
+        return Outcomes(
+            kept=int(data.get("kept", 0)),
+            rejected=int(data.get("rejected", 0)),
+            rejected_by_rule={
+                str(k): int(v) for k, v in (data.get("rejected_by_rule") or {}).items()
+            },
+        )
+
+    by_round = figures.get("outcomes_by_round")
+    if isinstance(by_round, dict):
+        run.by_round = {
+            int(k): outcomes(v) for k, v in sorted(by_round.items(), key=lambda kv: int(kv[0]))
+        }
+    by_op = figures.get("outcomes_by_operation")
+    if isinstance(by_op, dict):
+        run.by_operation = {str(k): outcomes(v) for k, v in sorted(by_op.items())}
+    return run
