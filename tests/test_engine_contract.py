@@ -21,6 +21,7 @@ import pytest
 
 from evolkit.models.base import ChatRequest
 from evolkit.scenarios.evol_instruct import evolve
+from tests.analyze_fixtures import FakeEmbedder
 from tests.fakes import ScriptedBackend, instruction_of, last_user
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,11 +48,13 @@ def responder(req: ChatRequest) -> str:
     return "Sorry, no." if "painter" in last_user(req) else "A careful answer with details."
 
 
-def backends(fail_after: int | None = None) -> dict[str, ScriptedBackend]:
+def backends(fail_after: int | None = None) -> dict[str, Any]:
     return {
         "evolver": ScriptedBackend(evolver, "evolver-x", fail_after=fail_after),
         "judge": ScriptedBackend(judge, "judge-x"),
         "responder": ScriptedBackend(responder, "responder-x"),
+        # the drifted rule's embedder: no model to load in every Ray actor
+        "embedder": FakeEmbedder(),
     }
 
 
@@ -238,15 +241,14 @@ def test_batches_in_flight_share_model_calls(tmp_path: Path) -> None:
     seeds = write_seeds(tmp_path / "seeds.jsonl")
     calls = {}
     for overlap in (1, 4):
-        model = CountingBackend(lambda r: responder(r) if "answer" in str(r) else evolver(r))
         b = {
             "evolver": CountingBackend(evolver, "evolver-x"),
             "judge": CountingBackend(judge, "judge-x"),
             "responder": CountingBackend(responder, "responder-x"),
         }
-        del model
         out = tmp_path / f"run-{overlap}"
-        run(seeds, out, "local", batch_size=2, concurrent_batches=overlap, backends=b)
+        given = {**b, "embedder": FakeEmbedder()}
+        run(seeds, out, "local", batch_size=2, concurrent_batches=overlap, backends=given)
         calls[overlap] = {role: (m.generate_calls, max(m.sizes)) for role, m in b.items()}
         if overlap == 4:
             assert outputs(out) == outputs(tmp_path / "run-1")
@@ -276,3 +278,14 @@ def test_a_failed_batch_in_flight_keeps_earlier_batches(tmp_path: Path) -> None:
     journal = [json.loads(x) for x in (out / "checkpoint.jsonl").read_text().splitlines()]
     done = [i for e in journal for i in e["inputs"]]
     assert len(done) >= 2 and len(done) % 2 == 0  # whole batches, from the start
+
+
+def test_analysis_on_ray_equals_local(ray_cluster: None, tmp_path: Path) -> None:
+    """A step with a whole-step stage (diversity after two model stages) on both engines."""
+    from tests.test_analyze import analysed, make_run
+
+    source = make_run(tmp_path)
+    analysed(source, tmp_path / "local", batch_size=2)
+    analysed(source, tmp_path / "ray", batch_size=2, engine="ray", workers=2)
+    local = (tmp_path / "local" / "measures.jsonl").read_bytes()
+    assert local and (tmp_path / "ray" / "measures.jsonl").read_bytes() == local

@@ -36,10 +36,25 @@ pytestmark = pytest.mark.skipif(
 
 def test_report_renders_in_chromium(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
+    page_path = write_report(two_runs(), tmp_path)
+    check_in_browser(page_path, tmp_path, plots=8)
+
+
+def test_a_compare_report_renders_in_chromium(tmp_path: Path) -> None:
+    """The page `evolkit compare` writes from real run folders (scripted models)."""
+    pytest.importorskip("matplotlib")
+    from tests.test_analyze import compare_report
+
+    page_path, drawn = compare_report(tmp_path)
+    assert drawn >= 7  # only the IFD plot may be a note (one run scored)
+    check_in_browser(page_path, tmp_path, plots=drawn)
+
+
+def check_in_browser(page_path: Path, tmp_path: Path, plots: int) -> None:
+    """No console error, no failed or outside request, `plots` plots drawn, a real screenshot."""
     sync_api = pytest.importorskip("playwright.sync_api")
     from PIL import Image, ImageStat
 
-    page_path = write_report(two_runs(), tmp_path)
     executable = CHROMIUM if Path(CHROMIUM).exists() else str(shutil.which("chromium"))
     problems: list[str] = []
     with sync_api.sync_playwright() as pw:
@@ -60,10 +75,10 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
             page.on("request", lambda r: requests.append(r.url))
             page.goto(page_path.as_uri(), wait_until="load")
 
-            plots = page.locator("figure.plot")
-            assert plots.count() == 8
-            for i in range(plots.count()):
-                plot = plots.nth(i)
+            figures = page.locator("figure.plot")
+            assert figures.count() == plots
+            for i in range(figures.count()):
+                plot = figures.nth(i)
                 name = plot.get_attribute("data-plot")
                 svg = plot.locator("svg")
                 assert svg.count() == 1, name

@@ -9,6 +9,7 @@ import logging
 import sys
 import traceback
 
+from evolkit.cli import analyze as _analyze  # noqa: F401
 from evolkit.cli import auto_evol as _auto_evol  # noqa: F401
 from evolkit.cli import autoif as _autoif  # noqa: F401
 from evolkit.cli import cache as _cache  # noqa: F401

@@ -57,6 +57,17 @@ class ChainState:
     def start(cls, batch: Sequence[Record]) -> ChainState:
         return cls([r.id for r in batch], list(batch), [], {r.id: r.id for r in batch})
 
+    @classmethod
+    def merge(cls, states: Sequence[ChainState]) -> ChainState:
+        """Batches joined into one, in order (for a whole-step stage)."""
+        out = cls([], [], [], {})
+        for s in states:
+            out.inputs += s.inputs
+            out.live += s.live
+            out.done += s.done
+            out.origin.update(s.origin)
+        return out
+
     def apply(self, stage: Stage) -> None:
         if not self.live:
             return
@@ -120,6 +131,33 @@ class BatchOutcome:
     rejected: list[Record]
     failed_inputs: list[str]
     failures: Counter[str]
+
+
+def whole_step_index(stages: Sequence[Stage]) -> int | None:
+    """Where the first stage that needs every row of the step at once sits, if any."""
+    return next((i for i, s in enumerate(stages) if s.whole_step), None)
+
+
+def check_whole_step(
+    step: str, stages: Sequence[Stage], todo: Sequence[Record], skipped: int
+) -> None:
+    """A whole-step step is committed all at once, so part of it done means its inputs
+    changed since: redoing the rest alone would give them the wrong neighbours."""
+    whole = whole_step_index(stages)
+    if whole is not None and todo and skipped:
+        raise EvolkitError(
+            f"step {step}: stage {stages[whole].name} needs all rows of the step at once, but "
+            f"{skipped} of them were finished by an earlier run and {len(todo)} are new (did "
+            "the input change?); start over with --overwrite"
+        )
+
+
+def whole_outcome(outcome: BatchOutcome) -> BatchOutcome:
+    """All or nothing: a failed call anywhere leaves the whole step for the next run."""
+    if not outcome.failed_inputs:
+        return outcome
+    every = [*outcome.inputs, *outcome.failed_inputs]
+    return BatchOutcome([], [], [], every, outcome.failures)
 
 
 def run_chain(stages: Sequence[Stage], batch: Sequence[Record]) -> BatchOutcome:

@@ -25,9 +25,12 @@ from evolkit.engines.base import (
     ChainState,
     Engine,
     StepResult,
+    check_whole_step,
     commit_outcome,
     now,
     step_start,
+    whole_outcome,
+    whole_step_index,
 )
 from evolkit.engines.base import batches as split
 from evolkit.models.base import Backend
@@ -125,9 +128,12 @@ class LocalEngine(Engine):
         self, step: str, stages: Sequence[Stage], inputs: Sequence[Record], run: RunFolder
     ) -> StepResult:
         todo, skipped = step_start(run, step, inputs)
+        check_whole_step(step, stages, todo, skipped)
         previous = run.kept_records(step)
         parts = split(todo, self.batch_size)
-        pipelined = self.concurrent_batches > 1 and len(parts) > 1
+        whole = whole_step_index(stages)
+        # A whole-step stage gets every row at once: nothing to overlap there.
+        pipelined = self.concurrent_batches > 1 and len(parts) > 1 and whole is None
         roles: Any = _SharedRoles(self.resources, self.coalesce_window_s) if pipelined else None
         live = [copy.deepcopy(s) for s in stages]  # the caller's specs stay unbound
         for stage in live:
@@ -151,7 +157,9 @@ class LocalEngine(Engine):
                 bar.advance(size, self.retries())
 
             try:
-                if pipelined:
+                if whole is not None:
+                    self._whole_step(live, parts, whole, commit, bar)
+                elif pipelined:
                     self._pipelined(live, parts, commit)
                 else:
                     for batch in parts:
@@ -170,6 +178,29 @@ class LocalEngine(Engine):
             failed=counts["failed"],
             failures=failures,
         )
+
+    def _whole_step(
+        self,
+        stages: list[Stage],
+        parts: list[list[Record]],
+        whole: int,
+        commit: Callable[[BatchOutcome, int], None],
+        bar: StepProgress,
+    ) -> None:
+        """The stages before the whole-step one run batch by batch (progress moves); the rest
+        runs once over every row, committed all or nothing."""
+        if not parts:
+            return
+        states = []
+        for batch in parts:
+            state = ChainState.start(batch)
+            for stage in stages[:whole]:
+                state.apply(stage)
+            states.append(state)
+        merged = ChainState.merge(states)
+        for stage in stages[whole:]:
+            merged.apply(stage)
+        commit(whole_outcome(merged.outcome()), sum(len(b) for b in parts))
 
     def _pipelined(
         self,

@@ -5,7 +5,8 @@ each batch becomes one row of a Ray Dataset and flows through the step's stages 
 `map_batches` and an actor pool: each actor builds its own resources (models, sandbox) once from
 the picklable ResourceSpec and sets its own copy of the stages up. Consecutive partitionable
 stages share one pool; a stage that must see every row in order (deduplication) runs on a
-single actor, and the dataset keeps its order. The driver is the one writer: it commits every
+single actor, and the dataset keeps its order. A whole-step stage gets every batch's state
+joined into one, on a single actor (stages/base.py). The driver is the one writer: it commits every
 finished batch to the run folder through the same journal as the local engine, so a Ray run
 killed with -9 resumes exactly like a local one.
 """
@@ -26,10 +27,13 @@ from evolkit.engines.base import (
     ChainState,
     Engine,
     StepResult,
+    check_whole_step,
     commit_outcome,
     merge_usage,
     now,
     step_start,
+    whole_outcome,
+    whole_step_index,
 )
 from evolkit.engines.base import batches as split
 from evolkit.errors import EvolkitError
@@ -192,8 +196,8 @@ class RayEngine(Engine):
     def run(
         self, step: str, stages: Sequence[Stage], inputs: Sequence[Record], run: RunFolder
     ) -> StepResult:
-        ray = self.ray
         todo, skipped = step_start(run, step, inputs)
+        check_whole_step(step, stages, todo, skipped)
         previous = run.kept_records(step)
         failures: Counter[str] = Counter()
         kept_new: list[Record] = []
@@ -203,41 +207,32 @@ class RayEngine(Engine):
             step, len(inputs), skipped, stream_is_tty=None if self.progress else False
         ) as bar:
             if todo:
-                items = [
-                    {"state": json.dumps(ChainState.start(b).to_json())}
-                    for b in split(todo, self.batch_size)
-                ]
-                ds = ray.data.from_items(items, override_num_blocks=len(items))
                 prev = [r.model_dump(mode="json") for r in previous]
-                cores = os.cpu_count() or 1
-                for partitionable, group in segments(stages):
-                    size = self.workers if partitionable else 1
-                    threads = max(1, cores // self.workers) if partitionable else 1
-                    ds = ds.map_batches(
-                        ChainActor,
-                        batch_size=1,
-                        compute=ray.data.ActorPoolStrategy(size=size),
-                        fn_constructor_kwargs={
-                            "stages": group,
-                            "spec": self.spec,
-                            "previous": None if partitionable else prev,
-                            "threads": threads,
-                        },
-                        num_cpus=1,
-                    )
+                states = [ChainState.start(b) for b in split(todo, self.batch_size)]
+                whole = whole_step_index(stages)
+                if whole is not None:
+                    # The stages before the whole-step one run batch by batch as usual; then
+                    # the rest gets every row as one state, on one actor.
+                    if whole:
+                        states = self._states(self._pipeline(states, stages[:whole], prev), bar)
+                    states = [ChainState.merge(states)]
+                    stages = stages[whole:]
                 try:
-                    for row in ds.iter_rows():
+                    for row in self._pipeline(states, stages, prev).iter_rows():
                         data = json.loads(row["state"])
                         merge_usage(self._usage, data.pop("usage", {}))
                         self.worker_mb = max(self.worker_mb, float(data.pop("worker_mb", 0.0)))
                         outcome = ChainState.from_json(data).outcome()
+                        if whole is not None:
+                            outcome = whole_outcome(outcome)
                         commit_outcome(run, step, outcome)
                         kept_new.extend(outcome.kept)
                         processed += len(outcome.inputs)
                         failed += len(outcome.failed_inputs)
                         failures.update(outcome.failures)
-                        n = len(outcome.inputs) + len(outcome.failed_inputs)
-                        bar.advance(n, self.retries())
+                        if not whole:
+                            n = len(outcome.inputs) + len(outcome.failed_inputs)
+                            bar.advance(n, self.retries())
                 except Exception as exc:
                     raise _unwrap(exc) from None
         return StepResult(
@@ -248,6 +243,43 @@ class RayEngine(Engine):
             failed=failed,
             failures=failures,
         )
+
+    def _pipeline(self, states: list[ChainState], stages: Sequence[Stage], prev: list) -> Any:
+        """A dataset of batch states flowing through `stages` (one actor pool per segment)."""
+        ray = self.ray
+        items = [{"state": json.dumps(s.to_json())} for s in states]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        cores = os.cpu_count() or 1
+        for partitionable, group in segments(stages):
+            size = self.workers if partitionable else 1
+            threads = max(1, cores // self.workers) if partitionable else 1
+            ds = ds.map_batches(
+                ChainActor,
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=size),
+                fn_constructor_kwargs={
+                    "stages": group,
+                    "spec": self.spec,
+                    "previous": None if partitionable else prev,
+                    "threads": threads,
+                },
+                num_cpus=1,
+            )
+        return ds
+
+    def _states(self, ds: Any, bar: StepProgress) -> list[ChainState]:
+        """Every batch's state after the stages before a whole-step stage (progress moves)."""
+        out = []
+        try:
+            for row in ds.iter_rows():
+                data = json.loads(row["state"])
+                merge_usage(self._usage, data.pop("usage", {}))
+                state = ChainState.from_json(data)
+                out.append(state)
+                bar.advance(len(state.inputs), self.retries())
+        except Exception as exc:
+            raise _unwrap(exc) from None
+        return out
 
     def usage(self) -> dict[str, dict[str, Any]]:
         return self._usage

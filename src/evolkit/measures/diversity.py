@@ -99,9 +99,13 @@ class Embedder:
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
                 try:
                     from sentence_transformers import SentenceTransformer
+
+                    from evolkit.models.local import quiet_transformers
+
+                    quiet_transformers()  # no "Loading weights" bar in the middle of progress
                 except ImportError as e:
                     raise EvolkitError(
-                        "diversity measures need sentence-transformers; install evolkit[analyze]"
+                        "sentence embeddings need sentence-transformers: install evolkit[analyze]"
                     ) from e
                 try:
                     self._model = SentenceTransformer(

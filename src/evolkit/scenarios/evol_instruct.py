@@ -19,7 +19,7 @@ from evolkit.models.base import Backend, SamplingParams
 from evolkit.runs import RunFolder
 from evolkit.scenarios.runner import ModelSettings, Runner, RunSettings, describe_input
 from evolkit.stages.base import Stage
-from evolkit.stages.eliminate import DedupStage, EliminateStage, JudgeStage
+from evolkit.stages.eliminate import DedupStage, DriftStage, EliminateStage, JudgeStage
 from evolkit.stages.evolve import OPERATIONS, POLICIES, EvolveStage
 from evolkit.stages.respond import RespondStage
 from evolkit.stages.rules import ALL_RULES, RuleSettings
@@ -108,6 +108,10 @@ def instruction_check_stages(rules: Sequence[str], settings: RuleSettings) -> li
     """What judges a rewritten instruction: the cheap rules, then duplicates across the run,
     then the judge model (each only when its rule is on). Shared with Auto Evol-Instruct."""
     stages: list[Stage] = [EliminateStage(rules, "instruction", settings)]
+    if "drifted" in rules:
+        # Before dedup and the judge: a drifted rewrite neither blocks a later duplicate nor
+        # costs a judge call.
+        stages.append(DriftStage(settings))
     if "duplicate" in rules:
         stages.append(DedupStage())
     if "no_information_gain" in rules:

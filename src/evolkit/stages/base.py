@@ -18,6 +18,11 @@ Rules every stage keeps (tests/test_stage_contract.py checks them for every stag
   see every row of a step in order (deduplication across the run) says
   ``partitionable = False``; engines then run it in one place, in input order, and call
   `resume` with what an earlier run already kept.
+* a stage whose every row depends on every other row of the step (nearest neighbours across a
+  run) says ``whole_step = True``: engines hand it all of the step's rows in one call (the
+  stages before it still run batch by batch) and commit the step all or nothing, since a row
+  redone alone would meet no neighbours. Its step is redone whole after a kill (the call cache
+  replays the finished model calls).
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ class Stage(ABC):
     roles: ClassVar[tuple[str, ...]] = ()
     #: False when the stage must see every row of its step, in order (see the module doc).
     partitionable: ClassVar[bool] = True
+    #: True when the stage needs every row of its step in one call (see the module doc);
+    #: such a stage also says partitionable = False.
+    whole_step: ClassVar[bool] = False
 
     def setup(self, resources: Resources) -> None:
         """Bind the live objects of this stage's roles (models, sandbox) where it runs."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from evolkit.errors import EvolkitError
 from evolkit.models.base import Backend, ChatRequest, SamplingParams
 from evolkit.prompts import few_shot
 from evolkit.records import Record, Verdict
@@ -17,6 +18,9 @@ from evolkit.stages.rules import (
     first_failure,
     normalize,
 )
+
+if TYPE_CHECKING:
+    from evolkit.resources import Resources
 
 _EQUAL = re.compile(r"(?i)^\W*(not\s+equal|different|no\b|equal|same|yes\b)")
 
@@ -151,3 +155,77 @@ class JudgeStage(Stage):
                 )
             )
         return out
+
+
+class DriftStage(Stage):
+    """The `drifted` rule: an in-depth rewrite whose meaning has left its parent's task.
+
+    In-depth operations must keep the task and make it harder; a small evolver often writes
+    something else entirely ("Brainstorm New Year's resolutions" became "What's the most
+    amazing idea, and how will you make it happen?"). The rewrite's query and its parent's are
+    embedded with the sentence embedder, and a cosine similarity below
+    `RuleSettings.min_parent_similarity` eliminates the row. In-breadth rewrites are meant to
+    be new tasks and are not checked. Every checked row keeps its similarity in a verdict.
+    """
+
+    name = "drift"
+    inputs: ClassVar[tuple[str, ...]] = ("instruction", "input", "operation", "meta.parent")
+    outputs: ClassVar[tuple[str, ...]] = ("verdicts",)
+    roles: ClassVar[tuple[str, ...]] = ("embedder",)
+    label = "eliminate:instruction"
+    embedder: Any  # evolkit.measures.diversity.Embedder, or anything with encode(texts)
+
+    def __init__(self, settings: RuleSettings | None = None) -> None:
+        self.settings = settings or RuleSettings()
+
+    def setup(self, resources: Resources) -> None:
+        # Said once, before any row, in one line: not a traceback from deep in a worker.
+        from evolkit.measures.diversity import Embedder
+
+        try:
+            self.embedder = resources.get("embedder")
+            if isinstance(self.embedder, Embedder):
+                self.embedder.dimension  # noqa: B018 - loads the model now
+        except EvolkitError as exc:
+            raise EvolkitError(
+                f"the drifted rule needs a sentence embedder ({exc}); or switch the rule off "
+                "with --disable-rule drifted (and --overwrite, as this run's settings change)"
+            ) from None
+
+    def process(self, batch: list[Record]) -> list[Record]:
+        from evolkit.measures.diversity import embedding_text, similarity
+        from evolkit.stages.evolve import IN_DEPTH
+
+        todo = [
+            i
+            for i, r in enumerate(batch)
+            if r.operation in IN_DEPTH and _parent_instruction(r) is not None
+        ]
+        children = [batch[i].query for i in todo]
+        parents = [
+            embedding_text(str(_parent_instruction(batch[i])), _parent_input(batch[i]))
+            for i in todo
+        ]
+        sims = similarity(children, parents, self.embedder) if todo else []
+        limit = self.settings.min_parent_similarity
+        out = list(batch)
+        for i, sim in zip(todo, sims, strict=True):
+            rec = batch[i]
+            detail = f"embedding similarity to its parent {sim:.3f}"
+            if sim < limit:
+                out[i] = rec.reject("drifted", f"{detail} < {limit}", self.label)
+            else:
+                verdict = Verdict(rule="drifted", detail=detail, stage=self.label, kept=True)
+                out[i] = rec.model_copy(update={"verdicts": [*rec.verdicts, verdict]})
+        return out
+
+
+def _parent_instruction(rec: Record) -> str | None:
+    parent = rec.meta.get("parent")
+    value = parent.get("instruction") if isinstance(parent, dict) else None
+    return str(value) if value else None
+
+
+def _parent_input(rec: Record) -> str:
+    parent = rec.meta.get("parent")
+    return str(parent.get("input") or "") if isinstance(parent, dict) else ""
