@@ -549,12 +549,14 @@ RuleFn = Callable[[Record, RuleSettings], "str | None"]
 INSTRUCTION_RULES: dict[str, RuleFn] = {
     "empty": rule_empty,
     "truncated": rule_truncated,
+    # Before the similarity rules, whose cost grows with the square of the length: a runaway
+    # multi-megabyte rewrite is rejected at once instead of after minutes of comparisons.
+    "too_long": rule_too_long,
     "copies_meta_prompt": rule_copies_meta_prompt,
     "not_an_instruction": rule_not_an_instruction,
     "repetitive": rule_repetitive,
     "unchanged": rule_unchanged,
     "shrunk": rule_shrunk,
-    "too_long": rule_too_long,
 }
 #: Rules that look at the response.
 RESPONSE_RULES: dict[str, RuleFn] = {
