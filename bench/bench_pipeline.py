@@ -47,6 +47,7 @@ def one_at_a_time(backend: Any, seeds: list[str], n: int, tokens: int) -> float:
 def pipeline(backend: Any, seeds: Path, limit: int, tokens: int, batch: int, overlap: int) -> dict:
     from evolkit.scenarios.evol_instruct import evolve
 
+    before = (backend.usage.requests, backend.usage.completion_tokens, backend.usage.prompt_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         summary = evolve(
@@ -63,17 +64,19 @@ def pipeline(backend: Any, seeds: Path, limit: int, tokens: int, batch: int, ove
             backends={"evolver": backend, "responder": backend, "judge": backend},
         )
         seconds = time.perf_counter() - t0
-    usage = next(iter(summary["models"].values()))
+    # The backend's counts are cumulative (it may have served the baseline): take the delta.
+    requests = backend.usage.requests - before[0]
+    completion = backend.usage.completion_tokens - before[1]
     rows = summary["kept"] + summary["rejected"]
     return {
         "seconds": round(seconds, 1),
         "rows": rows,
         "kept": summary["kept"],
         "rows_per_s": rows / seconds,
-        "calls": usage["requests"],
-        "prompt_tokens": usage["prompt_tokens"],
-        "completion_tokens": usage["completion_tokens"],
-        "tok_per_s": usage["completion_tokens"] / seconds,
+        "calls": requests,
+        "prompt_tokens": backend.usage.prompt_tokens - before[2],
+        "completion_tokens": completion,
+        "tok_per_s": completion / seconds,
     }
 
 
