@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def one_at_a_time(backend: Any, seeds: list[str], n: int, tokens: int) -> float:
     """Completion tokens/s of single evolve requests (sampled as the evolve stage samples)."""
     from evolkit.models.base import ChatRequest, SamplingParams
-    from evolkit.stages.evolve import OPERATIONS, build_messages
+    from evolkit.prompts.evolve import OPERATIONS, build_messages
 
     params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=tokens, seed=0)
     done = 0

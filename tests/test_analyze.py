@@ -552,3 +552,28 @@ def test_output_space_through_an_openai_server_the_run_recorded(tmp_path: Path) 
         assert r["meta"]["output_space"]["top1"] == pytest.approx(
             [math.exp(x) for x in want.token_logprobs or []], abs=1e-6
         )
+
+
+def test_compare_carries_an_auto_evol_runs_trajectory_methods(source: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "auto"
+    shutil.copytree(source, run)
+    counts = {"distinct_methods": 5, "methods_listed": 12, "trajectories": 4}
+    (run / "trajectory_methods.json").write_text(json.dumps({"all": counts}))
+    report = tmp_path / "report"
+    compare(
+        [source, run],
+        report,
+        backends=measure_backends(),
+        embedder=FakeEmbedder(),
+        cache=None,
+        progress=False,
+    )
+    analysis = json.loads((report / "auto" / "summary.json").read_text())
+    expected = {"distinct methods": 5.0, "methods listed": 12.0, "evolutions": 4.0}
+    assert analysis["trajectory_methods"] == expected
+    runs = {r["name"]: r for r in json.loads((report / "summary.json").read_text())["runs"]}
+    assert runs["auto"]["trajectory_methods"] == expected
+    assert runs[source.name]["trajectory_methods"] is None
+    assert "Trajectory methods" in (report / "report.html").read_text()

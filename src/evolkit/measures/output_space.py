@@ -38,7 +38,7 @@ def regeneration_request(
     The prompt is the one the evolver saw: the row's operation applied to its parent's
     instruction. Seeds (no operation or no parent) have nothing to re-generate: None.
     """
-    from evolkit.stages.evolve import build_messages
+    from evolkit.prompts.evolve import build_messages
 
     parent = rec.meta.get("parent") or {}
     parent_instruction = parent.get("instruction") if isinstance(parent, dict) else None

@@ -346,13 +346,17 @@ def summarize(
 ) -> dict[str, Any]:
     """The analysis figures: per run (headline), per round, per operation, and outcomes."""
     from evolkit.report.data import RunMeasures, group_figures, run_figures
+    from evolkit.scenarios.auto_evol import trajectory_method_counts
 
+    # an Auto Evol-Instruct run brings the methods its evolutions listed (None otherwise)
+    trajectory = trajectory_method_counts(src.path) if src.path.is_dir() else None
     rm = RunMeasures.from_rows(
         src.path.name,
         measured,
         src.rejected(),
         summary=src.report_summary(evolver),
         source=str(src.path),
+        trajectory_methods=trajectory,
     )
     figures = run_figures(rm)
     by_op: dict[str, list[Any]] = {}
@@ -373,6 +377,7 @@ def summarize(
         "embedder": cfg.embedder if "diversity" in cfg.measures else None,
         "rejected_by_rule": dict(sorted(rejected_by_rule.items(), key=lambda kv: -kv[1])),
         "run_summary": src.report_summary(evolver),
+        "trajectory_methods": trajectory,
         "figures": figures,
     }
 
@@ -473,7 +478,12 @@ def load_analysis(folder: Path, name: str) -> Any:
         raise EvolkitError(f"{folder}: the analysis holds no measured rows")
     source = str(summary.get("run") or folder)
     run = RunMeasures.from_rows(
-        name, rows, (), summary=summary.get("run_summary") or {}, source=source
+        name,
+        rows,
+        (),
+        summary=summary.get("run_summary") or {},
+        source=source,
+        trajectory_methods=summary.get("trajectory_methods"),
     )
     figures = summary.get("figures") or {}
 
