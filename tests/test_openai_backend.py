@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from evolkit.errors import BackendError
+from evolkit.errors import BackendError, EvolkitError
 from evolkit.models.base import ChatRequest, SamplingParams
 from evolkit.models.openai import OpenAIBackend, normalize_base_url, parse_retry_after
 
@@ -782,13 +782,30 @@ def test_model_spec_carries_timeout_and_concurrency(serve: Callable[..., FakeSer
     from evolkit.models import BackendFactory, ModelSpec
 
     server = serve()
-    spec = ModelSpec(model="m", backend="openai", base_url=server.url, timeout=0.5, concurrency=3)
+    spec = ModelSpec(
+        model="m",
+        backend="openai",
+        base_url=server.url,
+        timeout=0.5,
+        concurrency=3,
+        max_consecutive_errors=7,
+    )
     backend = BackendFactory(None).get(spec)
     assert isinstance(backend, OpenAIBackend)
-    assert (backend.timeout, backend.concurrency) == (0.5, 3)
+    assert (backend.timeout, backend.concurrency, backend.max_consecutive_errors) == (0.5, 3, 7)
     default = BackendFactory(None).get(ModelSpec(model="m", backend="openai", base_url=server.url))
     assert isinstance(default, OpenAIBackend)
-    assert (default.timeout, default.concurrency) == (120.0, 16)
+    assert (default.timeout, default.concurrency, default.max_consecutive_errors) == (120.0, 16, 3)
+
+
+def test_max_consecutive_errors_is_a_run_setting() -> None:
+    from evolkit.scenarios.evol_instruct import EvolConfig
+
+    cfg = EvolConfig(backend="openai", max_consecutive_errors=0)
+    assert cfg.model_spec("m").max_consecutive_errors == 0
+    assert EvolConfig().model_spec("m").max_consecutive_errors == 3
+    with pytest.raises(EvolkitError, match="max_consecutive_errors"):
+        EvolConfig(max_consecutive_errors=-1).check()
 
 
 def test_factory_usage_reports_retries(serve: Callable[..., FakeServer]) -> None:

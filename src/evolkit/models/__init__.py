@@ -52,6 +52,7 @@ class ModelSpec:
     # and at least the batch size for concurrency). Runtime settings, not the model's identity.
     timeout: float | None = None
     concurrency: int | None = None
+    max_consecutive_errors: int | None = None  # None: the backend's default
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,8 @@ class BackendFactory:
             }
             if spec.timeout is not None:
                 options["timeout"] = spec.timeout
+            if spec.max_consecutive_errors is not None:
+                options["max_consecutive_errors"] = spec.max_consecutive_errors
             if spec.extra_body:
                 options["extra_body"] = json.loads(spec.extra_body)
             inner = OpenAIBackend(spec.model, spec.base_url, api_key=spec.api_key, **options)

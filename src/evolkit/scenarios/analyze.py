@@ -192,6 +192,7 @@ class SourceRun:
             extra_body=s.get("extra_body"),
             timeout=cfg.timeout,
             concurrency=cfg.concurrency,
+            max_consecutive_errors=cfg.max_consecutive_errors,
         )
 
     def report_summary(self, evolver: ModelSpec | None) -> dict[str, Any]:

@@ -140,6 +140,12 @@ class ModelSettings(Settings):
         120.0, "Seconds one HTTP request may take before it is retried.", fingerprint=False
     )
     concurrency: int = opt(8, "HTTP requests in flight at once.", fingerprint=False)
+    max_consecutive_errors: int = opt(
+        3,
+        "Stop the run when the same non-retryable HTTP error (4xx other than 408/429) answers "
+        "this many requests in a row; 0 never stops.",
+        fingerprint=False,
+    )
 
     def check(self) -> None:
         super().check()
@@ -148,6 +154,8 @@ class ModelSettings(Settings):
             raise EvolkitError("timeout must be positive")
         if self.concurrency < 1:
             raise EvolkitError("concurrency must be at least 1")
+        if self.max_consecutive_errors < 0:
+            raise EvolkitError("max_consecutive_errors must be 0 or more")
 
     def model_spec(self, model: str, batch_size: int = 16) -> ModelSpec:
         extra = parse_json_object(self.extra_body, "extra_body")
@@ -160,6 +168,7 @@ class ModelSettings(Settings):
             extra_body=json.dumps(extra, sort_keys=True) if extra else None,
             timeout=self.timeout,
             concurrency=self.concurrency,
+            max_consecutive_errors=self.max_consecutive_errors,
         )
 
 
