@@ -577,3 +577,33 @@ def test_compare_carries_an_auto_evol_runs_trajectory_methods(source: Path, tmp_
     assert runs["auto"]["trajectory_methods"] == expected
     assert runs[source.name]["trajectory_methods"] is None
     assert "Trajectory methods" in (report / "report.html").read_text()
+
+
+def test_the_drift_threshold_and_embedder_are_run_settings(tmp_path: Path) -> None:
+    from evolkit.scenarios.evol_instruct import EvolConfig
+
+    cfg = EvolConfig(min_parent_similarity=0.25)
+    assert cfg.rule_settings.min_parent_similarity == 0.25 and cfg.min_parent_similarity is None
+    assert cfg.fingerprint_dict() != EvolConfig().fingerprint_dict()
+    again = EvolConfig.make(cfg.to_dict())  # a rerun from config.json keeps the threshold
+    assert again.rule_settings.min_parent_similarity == 0.25
+    with pytest.raises(EvolkitError, match="min_parent_similarity"):
+        EvolConfig(min_parent_similarity=1.5).check()
+    # threshold 0: the rewrite that left its task is kept
+    low = make_run(tmp_path, "low", min_parent_similarity=0.0)
+    rules = [json.loads(x)["verdicts"][-1]["rule"] for x in open(low / "rejected.jsonl")]
+    assert "drifted" not in rules
+    # the embedder setting reaches the drifted stage where it runs
+    seeds = tmp_path / "s.jsonl"
+    seeds.write_text(json.dumps({"instruction": SEEDS[0]}) + "\n")
+    backends = {k: v for k, v in run_backends().items() if k != "embedder"}
+    with pytest.raises(EvolkitError, match=r"embedder .*nothing.* is not a sentence-transformers"):
+        evolve(
+            seeds,
+            tmp_path / "e",
+            backends=backends,
+            cache=None,
+            progress=False,
+            rounds=1,
+            embedder=str(tmp_path / "nothing"),
+        )

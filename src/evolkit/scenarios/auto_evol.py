@@ -52,6 +52,7 @@ from evolkit.runs import (
     writing,
 )
 from evolkit.scenarios.evol_instruct import (
+    EliminationSettings,
     ResponseSettings,
     instruction_check_stages,
     response_stages,
@@ -65,7 +66,6 @@ from evolkit.stages.auto_evol import (
     describe_cases,
     universal_method,
 )
-from evolkit.stages.rules import ALL_RULES, RuleSettings
 from evolkit.stages.trajectory import count_methods
 
 INITIAL = "step0-initial"
@@ -73,7 +73,7 @@ FINAL_STEP = "final"
 
 
 @dataclass
-class AutoEvolConfig(RunSettings, ResponseSettings):
+class AutoEvolConfig(RunSettings, ResponseSettings, EliminationSettings):
     """Every setting of an Auto Evol-Instruct run (CLI options and Python keywords alike)."""
 
     steps: int = opt(3, "Optimisation steps (the study: 10).")
@@ -115,24 +115,6 @@ class AutoEvolConfig(RunSettings, ResponseSettings):
         "always measures one try).",
     )
     seed: int = opt(0, "Sampling seed, and the seed of the dev set and mini-batch draws.")
-    rules: list[str] = opt(
-        list(ALL_RULES),
-        "Elimination rules of the final evolution (comma-separated; as in evolve).",
-        choices=ALL_RULES,
-        csv=True,
-    )
-    disable_rule: list[str] = opt(
-        [], "Switch one rule off (repeatable).", choices=ALL_RULES, multiple=True
-    )
-    rule_settings: RuleSettings = opt(RuleSettings(), "Rule thresholds.", cli=False)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.rule_settings, dict):
-            self.rule_settings = RuleSettings(**self.rule_settings)
-        if self.disable_rule:
-            self.rules = [r for r in self.rules if r not in set(self.disable_rule)]
-            self.disable_rule = []
-        super().__post_init__()
 
     def check(self) -> None:
         super().check()
@@ -435,6 +417,7 @@ def auto_evol(
         out,
         inputs=inputs,
         roles=roles,
+        embedder=cfg.embedder,
         objects=dict(backends or {}),
         kept_name=STEPS,
     ) as run:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from evolkit.config import opt
+from evolkit.config import Settings, opt
 from evolkit.errors import EvolkitError
 from evolkit.io.writers import read_jsonl_tolerant
+from evolkit.measures.diversity import DEFAULT_EMBEDDER
 from evolkit.models.base import Backend, SamplingParams
 from evolkit.runs import RunFolder
 from evolkit.scenarios.runner import ModelSettings, Runner, RunSettings, describe_input
@@ -51,7 +52,53 @@ class ResponseSettings(ModelSettings):
 
 
 @dataclass
-class EvolConfig(RunSettings, ResponseSettings):
+class EliminationSettings(Settings):
+    """Which rules eliminate rewrites, and their thresholds (Evol-Instruct and Auto Evol)."""
+
+    rules: list[str] = opt(
+        list(ALL_RULES),
+        "Elimination rules to apply (comma-separated).",
+        choices=ALL_RULES,
+        csv=True,
+    )
+    disable_rule: list[str] = opt(
+        [], "Switch one rule off (repeatable).", choices=ALL_RULES, multiple=True
+    )
+    min_parent_similarity: float | None = opt(
+        None,
+        "drifted rule: the least embedding similarity of an in-depth rewrite to its parent "
+        f"(default {RuleSettings().min_parent_similarity}; lower it for a bold evolver).",
+    )
+    embedder: str = opt(
+        DEFAULT_EMBEDDER,
+        "Sentence embedder of the drifted rule: the all-MiniLM-L6-v2 wheel (trained on "
+        "English), or a sentence-transformers folder (a multilingual one for other languages).",
+    )
+    rule_settings: RuleSettings = opt(RuleSettings(), "Rule thresholds.", cli=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rule_settings, dict):
+            self.rule_settings = RuleSettings(**self.rule_settings)
+        # One effective rule list and one threshold record, so the fingerprint and a rerun
+        # see the same thing.
+        if self.disable_rule:
+            self.rules = [r for r in self.rules if r not in set(self.disable_rule)]
+            self.disable_rule = []
+        if self.min_parent_similarity is not None:
+            self.rule_settings = replace(
+                self.rule_settings, min_parent_similarity=self.min_parent_similarity
+            )
+            self.min_parent_similarity = None
+        super().__post_init__()
+
+    def check(self) -> None:
+        super().check()
+        if not 0.0 <= self.rule_settings.min_parent_similarity <= 1.0:
+            raise EvolkitError("min_parent_similarity must be between 0 and 1")
+
+
+@dataclass
+class EvolConfig(RunSettings, ResponseSettings, EliminationSettings):
     """Every setting of an Evol-Instruct run (CLI options and Python keywords alike)."""
 
     rounds: int = opt(2, "Evolution rounds (the paper: 1 to 3).")
@@ -69,25 +116,6 @@ class EvolConfig(RunSettings, ResponseSettings):
         3, "Tries per evolution when a rewrite fails a cheap rule (1 = the original's one try)."
     )
     evolve_max_new_tokens: int = opt(160, "Max tokens of one rewrite.")
-    rules: list[str] = opt(
-        list(ALL_RULES),
-        "Elimination rules to apply (comma-separated).",
-        choices=ALL_RULES,
-        csv=True,
-    )
-    disable_rule: list[str] = opt(
-        [], "Switch one rule off (repeatable).", choices=ALL_RULES, multiple=True
-    )
-    rule_settings: RuleSettings = opt(RuleSettings(), "Rule thresholds.", cli=False)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.rule_settings, dict):
-            self.rule_settings = RuleSettings(**self.rule_settings)
-        # One effective rule list, so the fingerprint and a rerun see the same thing.
-        if self.disable_rule:
-            self.rules = [r for r in self.rules if r not in set(self.disable_rule)]
-            self.disable_rule = []
-        super().__post_init__()
 
     def check(self) -> None:
         super().check()
@@ -174,6 +202,7 @@ def evolve(
         out,
         inputs={"input": describe_input(input_path)},
         roles=roles,
+        embedder=cfg.embedder,
         objects=dict(backends or {}),
     ) as run:
         seeds = run.read(input_path, what="seed")
