@@ -861,3 +861,24 @@ def test_the_embedded_model_on_a_tiny_setting(tmp_path: Path, embedded_dir: Path
     assert len(read(out / "evolved.jsonl")) == final["kept"]
     data = json.loads((out / "trajectory_methods.json").read_text())
     assert data["all"]["trajectories"] == len(evolutions) + len(rejected)
+
+
+def test_compare_shows_an_auto_evol_runs_trajectory_methods(tmp_path: Path) -> None:
+    from evolkit.scenarios.analyze import compare
+    from tests.analyze_fixtures import FakeEmbedder, measure_backends
+
+    seeds = write_seeds(tmp_path / "seeds.jsonl")
+    run(seeds, tmp_path / "auto", PLAN)
+    report = tmp_path / "report"
+    compare(
+        [tmp_path / "auto"],
+        report,
+        backends=measure_backends(),
+        embedder=FakeEmbedder(),
+        cache=None,
+        progress=False,
+    )
+    (entry,) = json.loads((report / "summary.json").read_text())["runs"]
+    assert entry["trajectory_methods"] == trajectory_method_counts(tmp_path / "auto")
+    assert entry["trajectory_methods"]["distinct methods"] == 4.0
+    assert "Trajectory methods" in (report / "report.html").read_text()
