@@ -591,7 +591,7 @@ def test_the_drift_threshold_and_embedder_are_run_settings(tmp_path: Path) -> No
         EvolConfig(min_parent_similarity=1.5).check()
     # threshold 0: the rewrite that left its task is kept
     low = make_run(tmp_path, "low", min_parent_similarity=0.0)
-    rules = [json.loads(x)["verdicts"][-1]["rule"] for x in open(low / "rejected.jsonl")]
+    rules = [x["verdicts"][-1]["rule"] for x in rows_of(low / "rejected.jsonl")]
     assert "drifted" not in rules
     # the embedder setting reaches the drifted stage where it runs
     seeds = tmp_path / "s.jsonl"
