@@ -149,3 +149,16 @@ def test_bad_ranking_name() -> None:
         select([], by="perplexity")  # type: ignore[arg-type]
     assert as_select_by("ifd") == "ifd"
     assert select([], by="ifd").kept == []
+
+
+def test_the_ifd_limit_reads_numbers_and_off() -> None:
+    from evolkit.errors import SettingError
+    from evolkit.scenarios.score import SelectConfig
+    from evolkit.selection import parse_ifd_limit
+
+    assert parse_ifd_limit("1.0") == 1.0 and parse_ifd_limit(0.9) == 0.9
+    assert parse_ifd_limit("none") is parse_ifd_limit("Off") is parse_ifd_limit(None) is None
+    with pytest.raises(SettingError, match="--drop-ifd-at-or-above: expected a number"):
+        parse_ifd_limit("abc")
+    with pytest.raises(SettingError):
+        SelectConfig(drop_ifd_at_or_above="abc").check()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from evolkit.errors import EvolkitError
+from evolkit.io.writers import read_json_object
 from evolkit.records import Record
 
 __all__ = ["RunResult", "analyze", "auto_evol", "autoif", "evolve", "score"]
@@ -37,11 +38,11 @@ class RunResult:
         from evolkit.runs import CONFIG, SUMMARY
 
         self.folder = Path(folder)
-        config = _read_json(self.folder / CONFIG)
+        config = read_json_object(self.folder / CONFIG)
         self.command: str = str(config.get("command") or "")
         self.config: dict[str, Any] = dict(config.get("settings") or {})
         self.summary: dict[str, Any] = (
-            dict(summary) if summary is not None else _read_json(self.folder / SUMMARY)
+            dict(summary) if summary is not None else read_json_object(self.folder / SUMMARY)
         )
 
     @classmethod
@@ -259,18 +260,6 @@ def _records(path: Path) -> list[Record]:
 
     rows, _ = read_jsonl_tolerant(path)
     return [Record.model_validate(r) for r in rows]
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise EvolkitError(f"{path}: unreadable ({exc})") from None
-    return data if isinstance(data, dict) else {}
 
 
 def _need(module: str, what: str) -> Any:

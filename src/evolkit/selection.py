@@ -74,6 +74,21 @@ def parse_top(value: str | float) -> float | int:
     return result
 
 
+def parse_ifd_limit(value: str | float | None) -> float | None:
+    """Read --drop-ifd-at-or-above: a number, or 'none'/'off' (None: the IFD filter is off)."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text in ("none", "off", ""):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise SettingError(
+            f"--drop-ifd-at-or-above: expected a number or 'none', not {text!r}"
+        ) from None
+
+
 def top_count(top: float | int, total: int) -> int:
     """How many rows `top` keeps out of `total` input rows (a fraction rounds half up)."""
     if isinstance(top, int):

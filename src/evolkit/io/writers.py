@@ -138,6 +138,19 @@ def _repair_tail(path: Path, fd: int) -> None:
     os.fsync(fd)
 
 
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON object file evolkit wrote (config.json, summary.json): {} when absent or not an
+    object; one error line when it cannot be read."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise EvolkitError(f"{path}: not readable JSON ({exc})") from None
+    return data if isinstance(data, dict) else {}
+
+
 def read_jsonl_tolerant(path: str | Path) -> tuple[list[dict[str, Any]], int]:
     """Read a JSONL file we wrote, dropping a torn last line instead of failing.
 

@@ -15,7 +15,6 @@ command's to resume) and writes REPORT/report.html and REPORT/summary.json throu
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Any
 
 from evolkit.config import opt
 from evolkit.errors import EvolkitError
-from evolkit.io.writers import read_jsonl_tolerant
+from evolkit.io.writers import read_json_object, read_jsonl_tolerant
 from evolkit.measures.diversity import DEFAULT_EMBEDDER, NEAR_DUPLICATE
 from evolkit.measures.output_space import DEFAULT_MAX_NEW_TOKENS
 from evolkit.models import ModelSpec
@@ -116,7 +115,7 @@ class SourceRun:
         if not path.is_dir():
             raise EvolkitError(f"{path}: no such run folder or rows file")
         rows = next((path / n for n in ROW_FILES if (path / n).is_file()), None)
-        config = _read_json(path / CONFIG)
+        config = read_json_object(path / CONFIG)
         if rows is None and config.get("command") == "evolve":
             rows = path / EVOLVED  # a run that kept nothing still has seeds and rejects
         if rows is None:
@@ -134,7 +133,7 @@ class SourceRun:
             rows,
             rejected if rejected.is_file() else None,
             config,
-            _read_json(path / SUMMARY),
+            read_json_object(path / SUMMARY),
         )
 
     @property
@@ -204,16 +203,6 @@ class SourceRun:
         if "seeds" in self.summary:
             out["seeds"] = self.summary["seeds"]
         return out
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise EvolkitError(f"{path}: not readable JSON ({exc})") from None
-    return data if isinstance(data, dict) else {}
 
 
 def join_scores(rows: Sequence[Record], scored: str | Path) -> tuple[list[Record], int]:
@@ -396,7 +385,9 @@ class CompareConfig(AnalyzeConfig):
 
 
 def is_analysis(path: Path) -> bool:
-    return (path / MEASURES).is_file() and _read_json(path / CONFIG).get("command") == "analyze"
+    if not (path / MEASURES).is_file():
+        return False
+    return read_json_object(path / CONFIG).get("command") == "analyze"
 
 
 def report_names(runs: Sequence[Path], names: Sequence[str]) -> list[str]:
@@ -463,7 +454,7 @@ def compare(
         folders[name] = str(folder)
         measured.append(load_analysis(folder, name))
     page = write_report(measured, report_dir)
-    summary = _read_json(report_dir / SUMMARY)
+    summary = read_json_object(report_dir / SUMMARY)
     return {**summary, "report": str(page), "analyses": folders}
 
 
@@ -473,7 +464,7 @@ def load_analysis(folder: Path, name: str) -> Any:
     resumed since does not change them."""
     from evolkit.report import Outcomes, RunMeasures
 
-    summary = _read_json(folder / SUMMARY)
+    summary = read_json_object(folder / SUMMARY)
     rows, _ = read_jsonl_tolerant(folder / MEASURES)
     if not rows:
         raise EvolkitError(f"{folder}: the analysis holds no measured rows")

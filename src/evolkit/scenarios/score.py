@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from evolkit.config import Settings, opt
-from evolkit.errors import EvolkitError
 from evolkit.io.writers import read_jsonl_tolerant, write_jsonl
 from evolkit.models import ScorerSpec
 from evolkit.models.scoring import TEMPLATES
 from evolkit.records import Record
 from evolkit.runs import REMOVED, SCORED, SELECTED, RunFolder
 from evolkit.scenarios.runner import Runner, RunSettings, describe_input
-from evolkit.selection import SELECT_BY, SelectBy, parse_top, select
+from evolkit.selection import SELECT_BY, SelectBy, parse_ifd_limit, parse_top, select
 from evolkit.stages.score import ScoreStage
 
 SCORE_NAMES = ("loss_q", "loss_a_given_q", "loss_a", "ifd", "ic_ifd")
@@ -134,15 +133,7 @@ class SelectConfig(Settings):
         self.ifd_limit()
 
     def ifd_limit(self) -> float | None:
-        text = str(self.drop_ifd_at_or_above).strip().lower()
-        if text in ("none", "off", ""):
-            return None
-        try:
-            return float(text)
-        except ValueError:
-            raise EvolkitError(
-                f"--drop-ifd-at-or-above: expected a number or 'none', not {text!r}"
-            ) from None
+        return parse_ifd_limit(self.drop_ifd_at_or_above)
 
 
 def select_run(

@@ -46,7 +46,7 @@ from evolkit.runs import (
     SUMMARY,
     RunFolder,
 )
-from evolkit.selection import parse_top, select, top_count
+from evolkit.selection import parse_ifd_limit, parse_top, select, top_count
 from evolkit.train import TrainConfig, TrainSettings, base_model, data_file, rows_digest
 
 log = logging.getLogger("evolkit.progress")
@@ -120,15 +120,7 @@ class TrainEvalConfig(TrainSettings):
             raise EvolkitError("confidence must be between 0 and 1")
 
     def ifd_limit(self) -> float | None:
-        text = str(self.drop_ifd_at_or_above).strip().lower()
-        if text in ("none", "off", ""):
-            return None
-        try:
-            return float(text)
-        except ValueError:
-            raise EvolkitError(
-                f"drop_ifd_at_or_above: expected a number or 'none', not {text!r}"
-            ) from None
+        return parse_ifd_limit(self.drop_ifd_at_or_above)
 
 
 @dataclass
