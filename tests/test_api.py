@@ -129,11 +129,45 @@ def test_result_loads_from_disk_later(tmp_path: Path) -> None:
         evolkit.RunResult.load(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("name", ["analyze", "auto_evol"])
-def test_scenarios_not_yet_here_say_so_in_one_line(name: str, tmp_path: Path) -> None:
-    import importlib.util
+def test_analyze_takes_an_earlier_result(tmp_path: Path) -> None:
+    from tests.analyze_fixtures import FakeEmbedder, measure_backends
 
-    if importlib.util.find_spec(f"evolkit.scenarios.{name}") is not None:
-        pytest.skip(f"evolkit.scenarios.{name} exists: covered by its own tests")
-    with pytest.raises(EvolkitError, match=f"evolkit.{name} is not part of this evolkit"):
-        getattr(evolkit, name)(ROWS, tmp_path / "x")
+    res = evolkit.evolve(ROWS, tmp_path / "run", backends=backends(), **settings())
+    got = evolkit.analyze(
+        res,
+        tmp_path / "a",
+        backends=measure_backends(),
+        embedder=FakeEmbedder(),
+        cache=None,
+        progress=False,
+    )
+    assert got.command == "analyze" and got.kept_path.name == "measures.jsonl"
+    measured = got.rows()
+    # the run's kept rows and its seeds, each with its measures
+    assert {r.id for r in res.rows()} <= {r.id for r in measured}
+    assert all("difficulty_score" in r.scores or r.round == 0 for r in measured)
+    assert got.summary["run"] == str(tmp_path / "run")
+
+
+def test_auto_evol_takes_rows_in_memory(tmp_path: Path) -> None:
+    from tests.test_auto_evol import PLAN, start_method
+    from tests.test_auto_evol import backends as auto_backends
+
+    got = evolkit.auto_evol(
+        ROWS,
+        tmp_path / "auto",
+        backends=auto_backends(PLAN),
+        method=start_method(tmp_path),
+        steps=1,
+        mini_batch=2,
+        evolutions_per_item=1,
+        candidates=2,
+        dev_size=2,
+        batch_size=2,
+        cache=None,
+        progress=False,
+    )
+    assert got.command == "auto-evol" and (tmp_path / "auto" / "methods.json").is_file()
+    kept = got.rows()
+    assert kept and all(r.method_version for r in kept)
+    assert len(kept) + len(got.rejected()) == len(ROWS)

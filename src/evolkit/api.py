@@ -173,14 +173,6 @@ def autoif(
     return RunResult(out, summary)
 
 
-# The two scenarios below are written by other work going on at the same time: the functions
-# look them up when called, under these names, and say so in one line while they are missing.
-_LATER = {
-    "analyze": ("evolkit.scenarios.analyze", "analyze"),
-    "auto_evol": ("evolkit.scenarios.auto_evol", "auto_evol"),
-}
-
-
 def analyze(
     input: Any,
     out: str | Path,
@@ -189,8 +181,13 @@ def analyze(
     backends: Mapping[str, Any] | None = None,
     **settings: Any,
 ) -> RunResult:
-    """The measures of a run (`evolkit analyze`): `input` is a run folder or its rows."""
-    return _later("analyze", input, out, config, backends, settings)
+    """The measures of a run (`evolkit analyze`): `input` is a run folder, an earlier result
+    (its folder: analyze reads the rejects and config too) or a rows file."""
+    from evolkit.scenarios.analyze import analyze as run
+
+    source = input.folder if isinstance(input, RunResult) else input
+    summary = run(source, out, config, backends=backends, **settings)
+    return RunResult(out, summary)
 
 
 def auto_evol(
@@ -202,33 +199,10 @@ def auto_evol(
     **settings: Any,
 ) -> RunResult:
     """Auto Evol-Instruct (`evolkit auto-evol`): the evolving method optimises itself."""
-    return _later("auto_evol", input, out, config, backends, settings)
+    from evolkit.scenarios.auto_evol import auto_evol as run
 
-
-def _later(
-    name: str,
-    input: Any,
-    out: str | Path,
-    config: Any,
-    backends: Mapping[str, Any] | None,
-    settings: dict[str, Any],
-) -> RunResult:
-    module_name, attr = _LATER[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        raise EvolkitError(f"evolkit.{name} is not part of this evolkit version") from None
-    run = getattr(module, attr)
-    extra = {"backends": backends} if backends else {}
-    if name == "analyze":
-        # `analyze` measures a run: it gets the run folder itself, not just its kept rows.
-        source = input.folder if isinstance(input, RunResult) else input
-    else:
-        source = _source(input)
-    summary = run(source, out, config, **extra, **settings)
-    return RunResult(out, summary if isinstance(summary, Mapping) else None)
+    summary = run(_source(input), out, config, backends=backends, **settings)
+    return RunResult(out, summary)
 
 
 # -- inputs ------------------------------------------------------------------------------------
