@@ -12,10 +12,12 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from evolkit.models.base import ChatRequest, Generation, SamplingParams
+from tests.conftest import save_tiny_model
 
 torch = pytest.importorskip("torch")
 
@@ -40,33 +42,18 @@ PENALISED = SamplingParams(temperature=1.3, max_new_tokens=14, seed=3, repetitio
 
 @pytest.fixture(scope="module")
 def peaked_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("peaked-model")
-    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        initializer_range=0.2,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.float32)
-    with torch.no_grad():
+    def peak(model: Any, tok: Any) -> None:
         model.lm_head.weight.mul_(5.0)
         frequent = tok.encode(" fractional", add_special_tokens=False)[0]
         model.lm_head.weight[tok.eos_token_id] = 1.1 * model.lm_head.weight[frequent]
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    return out
+
+    return save_tiny_model(
+        tmp_path_factory.mktemp("peaked-model"),
+        tiny_model_dir,
+        shape=peak,
+        initializer_range=0.2,
+        tie_word_embeddings=False,
+    )
 
 
 def backend(path: Path, **kwargs):
@@ -366,23 +353,15 @@ def test_unknown_scheduler_is_one_clear_error(peaked_dir: Path) -> None:
 def test_sliding_window_models_fall_back_to_the_static_path(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+    from transformers import MistralConfig, MistralForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    config = MistralConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    save_tiny_model(
+        tmp_path,
+        tiny_model_dir,
+        MistralConfig,
+        MistralForCausalLM,
         sliding_window=64,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
     )
-    torch.manual_seed(0)
-    MistralForCausalLM(config).save_pretrained(str(tmp_path))
-    tok.save_pretrained(str(tmp_path))
     b = backend(tmp_path, batch_size=2)
     assert b.scheduler == "static"
     gens = b.generate(chats(SamplingParams(max_new_tokens=3)))

@@ -42,6 +42,23 @@ def read_one(tmp_path: Path, row: dict[str, Any]) -> Record:
     return rec
 
 
+def with_multi_turn(tmp_path: Path) -> list[Record]:
+    """The sample rows plus a two-turn ShareGPT conversation with a system line."""
+    multi = read_one(
+        tmp_path,
+        {
+            "conversations": [
+                {"from": "system", "value": "Sys"},
+                {"from": "human", "value": "Q1"},
+                {"from": "gpt", "value": "A1"},
+                {"from": "human", "value": "Q2"},
+                {"from": "gpt", "value": "A2"},
+            ]
+        },
+    )
+    return [*sample(), multi]
+
+
 def test_alpaca_export_shape_and_dataset_info(tmp_path: Path) -> None:
     out = tmp_path / "data" / "evolved.json"
     result = export_dataset(sample(), out, "alpaca")
@@ -249,19 +266,7 @@ def test_real_seed_tasks_export(tmp_path: Path) -> None:
 def test_exports_load_with_datasets_json_loader(tmp_path: Path) -> None:
     """Trainers load these files with ``datasets.load_dataset("json")``: every row must fit."""
     datasets = pytest.importorskip("datasets")
-    multi = read_one(
-        tmp_path,
-        {
-            "conversations": [
-                {"from": "system", "value": "Sys"},
-                {"from": "human", "value": "Q1"},
-                {"from": "gpt", "value": "A1"},
-                {"from": "human", "value": "Q2"},
-                {"from": "gpt", "value": "A2"},
-            ]
-        },
-    )
-    recs = [*sample(), multi]
+    recs = with_multi_turn(tmp_path)
     for fmt, name in (("alpaca", "a.json"), ("sharegpt", "s.json"), ("messages", "m.jsonl")):
         export_records(recs, tmp_path / name, fmt)  # type: ignore[arg-type]
         ds = datasets.load_dataset(
@@ -359,19 +364,7 @@ def check_llamafactory(folder: Path) -> int:
 
 
 def test_llamafactory_entries_use_its_documented_names(tmp_path: Path) -> None:
-    multi = read_one(
-        tmp_path,
-        {
-            "conversations": [
-                {"from": "system", "value": "Sys"},
-                {"from": "human", "value": "Q1"},
-                {"from": "gpt", "value": "A1"},
-                {"from": "human", "value": "Q2"},
-                {"from": "gpt", "value": "A2"},
-            ]
-        },
-    )
-    recs = [*sample(), multi]
+    recs = with_multi_turn(tmp_path)
     out = tmp_path / "lf"
     for fmt, name in (("alpaca", "a.json"), ("sharegpt", "s.json"), ("messages", "m.jsonl")):
         export_records(recs, out / name, fmt)  # type: ignore[arg-type]
