@@ -68,6 +68,12 @@ class ChainState:
             out.origin.update(s.origin)
         return out
 
+    def through(self, stages: Sequence[Stage]) -> ChainState:
+        """Apply `stages` in order; the state itself, for chaining."""
+        for stage in stages:
+            self.apply(stage)
+        return self
+
     def apply(self, stage: Stage) -> None:
         if not self.live:
             return
@@ -161,10 +167,7 @@ def whole_outcome(outcome: BatchOutcome) -> BatchOutcome:
 
 
 def run_chain(stages: Sequence[Stage], batch: Sequence[Record]) -> BatchOutcome:
-    state = ChainState.start(batch)
-    for stage in stages:
-        state.apply(stage)
-    return state.outcome()
+    return ChainState.start(batch).through(stages).outcome()
 
 
 def batches(rows: Sequence[Record], size: int) -> list[list[Record]]:

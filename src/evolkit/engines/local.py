@@ -28,6 +28,7 @@ from evolkit.engines.base import (
     check_whole_step,
     commit_outcome,
     now,
+    run_chain,
     step_start,
     whole_outcome,
     whole_step_index,
@@ -163,10 +164,7 @@ class LocalEngine(Engine):
                     self._pipelined(live, parts, commit)
                 else:
                     for batch in parts:
-                        state = ChainState.start(batch)
-                        for stage in live:
-                            state.apply(stage)
-                        commit(state.outcome(), len(batch))
+                        commit(run_chain(live, batch), len(batch))
             finally:
                 if roles is not None:
                     roles.close()
@@ -191,15 +189,8 @@ class LocalEngine(Engine):
         runs once over every row, committed all or nothing."""
         if not parts:
             return
-        states = []
-        for batch in parts:
-            state = ChainState.start(batch)
-            for stage in stages[:whole]:
-                state.apply(stage)
-            states.append(state)
-        merged = ChainState.merge(states)
-        for stage in stages[whole:]:
-            merged.apply(stage)
+        states = [ChainState.start(batch).through(stages[:whole]) for batch in parts]
+        merged = ChainState.merge(states).through(stages[whole:])
         commit(whole_outcome(merged.outcome()), sum(len(b) for b in parts))
 
     def _pipelined(

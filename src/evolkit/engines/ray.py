@@ -97,10 +97,7 @@ class ChainActor:
         out = []
         for blob in batch["state"]:
             data = json.loads(blob)
-            state = ChainState.from_json(data)
-            for stage in self.stages:
-                state.apply(stage)
-            result = state.to_json()
+            result = ChainState.from_json(data).through(self.stages).to_json()
             usage = data.get("usage", {})
             merge_usage(usage, self._usage_delta())
             result["usage"] = usage
