@@ -375,7 +375,7 @@ class RunFolder:
                 _rewrite(path, clean)
             if kind == "kept":
                 self._rows = {str(r["id"]): r for r in clean}
-        if len(valid) != len(entries) or self.journal_path.exists():
+        if self.journal_path.exists():
             # Also drops a torn last line of the journal itself.
             _rewrite(self.journal_path, valid)
         # A run with nothing kept (or nothing rejected) still has both files: readers and

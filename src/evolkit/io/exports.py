@@ -34,7 +34,7 @@ from evolkit.io.readers import (
     META_TURNS_ANCHOR,
     turns_anchor,
 )
-from evolkit.io.writers import atomic_text
+from evolkit.io.writers import atomic_text, write_jsonl
 from evolkit.records import Record
 
 log = logging.getLogger(__name__)
@@ -171,10 +171,7 @@ def export_dataset(
         with atomic_text(out) as f:
             f.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
     else:
-        # JSONL: one row a line, what `datasets.load_dataset("json")` streams.
-        with atomic_text(out) as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_jsonl(rows, out)  # one row a line, what `datasets.load_dataset("json")` streams
     result.paths = [out]
     if format in ("alpaca", "sharegpt", "messages"):
         from evolkit.runs import DATASET_INFO  # not at the top: evolkit.runs imports evolkit.io

@@ -31,9 +31,9 @@ from evolkit.stages.rules import (
     QUESTION_MARKS,
     RuleSettings,
     _other_language_match,
-    first_failure,
     is_english,
     maybe_english,
+    retry_reason,
     rule_unchanged,
 )
 from evolkit.stages.trajectory import parse_candidate, parse_trajectory
@@ -206,8 +206,7 @@ class MethodEvolveStage(Stage):
         problem = child.meta["auto_evol"]["problem"]
         if problem:
             return f"unparsed: {problem}"
-        found = first_failure(child, self.rules, self.rule_settings) if self.rules else None
-        return f"{found[0]}: {found[1]}" if found else None
+        return retry_reason(child, self.rules, self.rule_settings)
 
     def _verdict(self, row: Record) -> Record:
         problem = row.meta["auto_evol"]["problem"]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from evolkit.errors import EvolkitError
 from evolkit.models.base import Backend, ChatRequest, SamplingParams
 from evolkit.prompts import few_shot
+from evolkit.prompts.evolve import IN_DEPTH
 from evolkit.records import Record, Verdict
 from evolkit.stages.base import Stage, call_failed, failed_call
 from evolkit.stages.rules import (
@@ -194,18 +195,15 @@ class DriftStage(Stage):
 
     def process(self, batch: list[Record]) -> list[Record]:
         from evolkit.measures.diversity import embedding_text, similarity
-        from evolkit.stages.evolve import IN_DEPTH
 
-        todo = [
-            i
+        checked = [
+            (i, parent)
             for i, r in enumerate(batch)
-            if r.operation in IN_DEPTH and _parent_instruction(r) is not None
+            if r.operation in IN_DEPTH and (parent := _parent_instruction(r)) is not None
         ]
+        todo = [i for i, _ in checked]
         children = [batch[i].query for i in todo]
-        parents = [
-            embedding_text(str(_parent_instruction(batch[i])), _parent_input(batch[i]))
-            for i in todo
-        ]
+        parents = [embedding_text(parent, _parent_input(batch[i])) for i, parent in checked]
         sims = similarity(children, parents, self.embedder) if todo else []
         limit = self.settings.min_parent_similarity
         out = list(batch)

@@ -16,7 +16,7 @@ from evolkit.models.base import Backend, ChatRequest, Generation, SamplingParams
 from evolkit.prompts.evolve import IN_BREADTH, IN_DEPTH, OPERATIONS, build_messages
 from evolkit.records import Record, make_id
 from evolkit.stages.base import Stage, call_failed, failed_call
-from evolkit.stages.rules import INSTRUCTION_RULES, RuleSettings, first_failure
+from evolkit.stages.rules import INSTRUCTION_RULES, RuleSettings, retry_reason
 
 POLICIES = ("rotate", "random", "fixed")
 __all__ = ["IN_BREADTH", "IN_DEPTH", "OPERATIONS", "POLICIES", "EvolveStage", "build_messages"]
@@ -122,8 +122,7 @@ class EvolveStage(Stage):
         self.rule_settings = rule_settings or RuleSettings()
 
     def check(self, child: Record) -> str | None:
-        failure = first_failure(child, self.rules, self.rule_settings) if self.rules else None
-        return f"{failure[0]}: {failure[1]}" if failure else None
+        return retry_reason(child, self.rules, self.rule_settings)
 
     def process(self, batch: list[Record]) -> list[Record]:
         ops = [

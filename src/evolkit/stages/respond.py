@@ -19,9 +19,13 @@ class RespondStage(Stage):
     def __init__(self, params: SamplingParams | None = None) -> None:
         self.params = params or SamplingParams(temperature=0.0, max_new_tokens=512)
 
+    def sampling(self, rec: Record) -> SamplingParams:
+        """The sampling of `rec`'s answer: the stage's own, unless a subclass varies it."""
+        return self.params
+
     def process(self, batch: list[Record]) -> list[Record]:
         requests = [
-            ChatRequest.of([{"role": "user", "content": r.query}], self.params) for r in batch
+            ChatRequest.of([{"role": "user", "content": r.query}], self.sampling(r)) for r in batch
         ]
         out = []
         for rec, gen in zip(batch, self.responder.generate(requests), strict=True):

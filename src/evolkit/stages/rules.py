@@ -583,6 +583,12 @@ def first_failure(
     return None
 
 
+def retry_reason(rec: Record, rules: Sequence[str], settings: RuleSettings) -> str | None:
+    """Why a fresh rewrite should be sampled again ("rule: reason"), or None when it passes."""
+    found = first_failure(rec, rules, settings) if rules else None
+    return f"{found[0]}: {found[1]}" if found else None
+
+
 #: Rules that need state or a model; implemented by the eliminate stage itself.
 SPECIAL_RULES = ("duplicate", "no_information_gain", "drifted")
 ALL_RULES = (*INSTRUCTION_RULES, *SPECIAL_RULES, *RESPONSE_RULES)

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import ClassVar
 
-from evolkit.models.base import ChatRequest, SamplingParams
+from evolkit.models.base import SamplingParams
 from evolkit.records import Record
-from evolkit.stages.base import Stage, call_failed, failed_call
+from evolkit.stages.base import Stage
 from evolkit.stages.constraints import STEP, child_id
 from evolkit.stages.respond import RespondStage
 
@@ -60,25 +60,5 @@ class SampledRespondStage(RespondStage):
     def __init__(self, params: SamplingParams) -> None:
         super().__init__(params)
 
-    def process(self, batch: list[Record]) -> list[Record]:
-        requests = [
-            ChatRequest.of(
-                [{"role": "user", "content": r.query}],
-                replace(self.params, seed=self.params.seed + int(r.meta.get(RESPONSE_INDEX, 0))),
-            )
-            for r in batch
-        ]
-        out = []
-        for rec, gen in zip(batch, self.responder.generate(requests), strict=True):
-            if failed_call(gen):
-                out.append(call_failed(rec, gen, self.name, "responder call"))
-                continue
-            response = {
-                "model": self.responder.model_id,
-                "finish_reason": gen.finish_reason,
-                "tokens": gen.completion_tokens,
-                "error": gen.error,
-            }
-            update = {"output": gen.text.strip(), "meta": {**rec.meta, "response": response}}
-            out.append(rec.model_copy(update=update))
-        return out
+    def sampling(self, rec: Record) -> SamplingParams:
+        return replace(self.params, seed=self.params.seed + int(rec.meta.get(RESPONSE_INDEX, 0)))
