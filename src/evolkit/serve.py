@@ -74,8 +74,6 @@ class BatchWorker:
         self.backend = backend
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_s
-        self.calls = 0  # generate calls made, and the requests they answered
-        self.answered = 0
         self._queue: queue.Queue[tuple[ChatRequest, concurrent.futures.Future[Generation]] | None]
         self._queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="evolkit-serve-model", daemon=True)
@@ -138,15 +136,12 @@ class BatchWorker:
                     except Exception:
                         self._fail([one])
                     else:
-                        self.answered += 1
                         one[1].set_result(gen)
                 continue
-            self.answered += len(live)
             for (_, future), gen in zip(live, generations, strict=True):
                 future.set_result(gen)
 
     def _generate(self, requests: list[ChatRequest]) -> list[Generation]:
-        self.calls += 1
         generations = self.backend.generate(requests)
         if len(generations) != len(requests):
             raise RuntimeError(
@@ -432,7 +427,6 @@ def create_app(
             await asyncio.to_thread(worker.close)
 
     app = FastAPI(title="evolkit serve", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.worker = worker
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

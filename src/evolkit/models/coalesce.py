@@ -30,7 +30,6 @@ class CoalescingBackend(Backend):
         self.inner = inner
         self.model_id = inner.model_id
         self.window_s = window_s
-        self.calls = 0  # calls made to the inner backend
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="evolkit-coalesce", daemon=True)
         self._thread.start()
@@ -79,7 +78,6 @@ class CoalescingBackend(Backend):
     def _run(self, jobs: list[_Job]) -> None:
         flat = [r for reqs, _ in jobs for r in reqs]
         try:
-            self.calls += 1
             gens = self.inner.generate(flat)
         except BaseException as exc:  # every waiting caller sees the failure
             for _, future in jobs:

@@ -300,10 +300,6 @@ class PrefixStore:
             _, old = self.entries.popitem(last=False)
             self.bytes -= _kv_bytes(old)
 
-    def clear(self) -> None:
-        self.entries.clear()
-        self.bytes = 0
-
 
 # -- the running batch -------------------------------------------------------------------------
 class _Slots:

@@ -18,14 +18,14 @@ written into the model's own folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from evolkit.errors import EvolkitError
+from evolkit.io.writers import atomic_write_json
 
 #: Files whose every byte can change what the model writes, hashed in full (configs, tokenizer
 #: vocabularies and merges, chat templates, shard indexes). Other files (README, images,
@@ -115,18 +115,8 @@ def _save_store(path: Path, entries: dict[str, Any]) -> None:
     # Forget folders that no longer exist, so the store does not grow with every deleted
     # checkpoint.
     kept = {k: v for k, v in entries.items() if Path(k).is_dir()}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".fingerprints-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"version": _STORE_VERSION, "folders": kept}, f, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        atomic_write_json(path, {"version": _STORE_VERSION, "folders": kept})
 
 
 def model_fingerprint(path: str | Path) -> str:

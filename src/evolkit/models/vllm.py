@@ -24,6 +24,7 @@ from typing import Any
 
 from evolkit.errors import BackendError, EvolkitError
 from evolkit.models.base import Backend, ChatRequest, Generation, render_prompt
+from evolkit.models.identity import local_cache_id
 from evolkit.models.local import resolve_model_path
 from evolkit.models.scoring import (
     LayoutBuilder,
@@ -144,13 +145,6 @@ def max_model_len(llm: Any) -> int | None:
     return None
 
 
-def _cache_identity(model_id: str, path: str) -> str:
-    """``model_id@fingerprint`` of a local folder, as the transformers backend keys it."""
-    from evolkit.models.identity import local_cache_id
-
-    return str(local_cache_id(model_id, path))
-
-
 # -- generation ----------------------------------------------------------------------------------
 
 
@@ -183,7 +177,7 @@ class VLLMBackend(Backend):
         """The transformers backend's identity of the model, marked as vLLM's with its dtype:
         another engine (other kernels, its own sampler) writes other text from the same seed."""
         dtype = self.engine_args.get("dtype", "auto")
-        return f"vllm[{dtype}]:{_cache_identity(self.model_id, self.path)}"
+        return f"vllm[{dtype}]:{local_cache_id(self.model_id, self.path)}"
 
     # -- requests ------------------------------------------------------------------------------
     def render(self, request: ChatRequest) -> str:
