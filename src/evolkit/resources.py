@@ -9,7 +9,6 @@ used as they are, behind the call cache.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,9 +94,6 @@ class Resources:
             else:
                 self._adopted[key] = obj
         return self._adopted[key]
-
-    def backends(self) -> Mapping[str, Backend]:
-        return {r: b for r, b in self._live.items() if isinstance(b, Backend)}
 
     def usage(self) -> dict[str, dict[str, Any]]:
         return self.factory.usage()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -182,16 +182,12 @@ class SourceRun:
         model = s.get("evolver")
         if not isinstance(model, str):
             return None
-        return ModelSpec(
-            model=model,
+        # reached as the run reached it; how hard to try (timeout, ...) is this analysis's
+        return replace(
+            cfg.model_spec(model, cfg.batch_size),
             backend=str(s.get("backend") or "local"),
             base_url=s.get("base_url"),
-            api_key=cfg.api_key,
-            batch_size=cfg.batch_size,
             extra_body=s.get("extra_body"),
-            timeout=cfg.timeout,
-            concurrency=cfg.concurrency,
-            max_consecutive_errors=cfg.max_consecutive_errors,
         )
 
     def report_summary(self, evolver: ModelSpec | None) -> dict[str, Any]:
@@ -340,11 +336,12 @@ def summarize(
 
     # an Auto Evol-Instruct run brings the methods its evolutions listed (None otherwise)
     trajectory = trajectory_method_counts(src.path) if src.path.is_dir() else None
+    run_summary = src.report_summary(evolver)
     rm = RunMeasures.from_rows(
         src.path.name,
         measured,
         src.rejected(),
-        summary=src.report_summary(evolver),
+        summary=run_summary,
         source=str(src.path),
         trajectory_methods=trajectory,
     )
@@ -366,7 +363,7 @@ def summarize(
         "judge": cfg.judge if "difficulty" in cfg.measures else None,
         "embedder": cfg.embedder if "diversity" in cfg.measures else None,
         "rejected_by_rule": dict(sorted(rejected_by_rule.items(), key=lambda kv: -kv[1])),
-        "run_summary": src.report_summary(evolver),
+        "run_summary": run_summary,
         "trajectory_methods": trajectory,
         "figures": figures,
     }

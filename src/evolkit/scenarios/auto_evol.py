@@ -322,15 +322,14 @@ class _Loop:
         if best is not None and before is not None and (best.dev_failure_rate or 0.0) < before:
             best.chosen = True
             self.current = best
+        failures = _failures(trajectories)
         self.steps.append(
             {
                 "step": s,
                 "current_before": parent.version,
                 "mini_batch": len(batch),
                 "trajectories": len(trajectories),
-                "trajectory_failures": {
-                    r: _failures(trajectories).get(r, 0) for r in FAILURE_RULES
-                },
+                "trajectory_failures": {r: failures.get(r, 0) for r in FAILURE_RULES},
                 "candidates": len(candidates),
                 "candidates_unparsed": sum(1 for c in candidates if c.text is None),
                 "candidates_evaluated": len(scored),
@@ -446,8 +445,9 @@ def auto_evol(
         run.step(FINAL_STEP, stages, seeds)
         folder = run.folder
         evolved = write_jsonl(folder.kept_records(FINAL_STEP), folder.path(EVOLVED))
-        analysis = write_trajectory_methods(folder)
-        summary = loop.summary(final_counts(folder, evolved))
+        rejected, _ = read_jsonl_tolerant(folder.rejected_path)
+        analysis = write_trajectory_methods(folder, rejected)
+        summary = loop.summary(final_counts(rejected, evolved))
         summary["trajectory_methods"] = {k: v for k, v in analysis["all"].items() if k != "methods"}
         return run.finish(
             summary,
@@ -462,9 +462,8 @@ def auto_evol(
         )
 
 
-def final_counts(folder: RunFolder, kept: int) -> dict[str, Any]:
-    """Kept and rejected rows of the final evolution, by rule (from the files)."""
-    rejected, _ = read_jsonl_tolerant(folder.rejected_path)
+def final_counts(rejected: Sequence[dict[str, Any]], kept: int) -> dict[str, Any]:
+    """Kept and rejected rows of the final evolution, by rule (`rejected`: the rejects file)."""
     rules: Counter[str] = Counter()
     for row in rejected:
         rules[next((v["rule"] for v in row["verdicts"] if not v["kept"]), "?")] += 1
@@ -487,12 +486,13 @@ def _phase(step: str) -> str:
     return "dev" if "-dev" in step else "trajectories"
 
 
-def write_trajectory_methods(folder: RunFolder) -> dict[str, Any]:
+def write_trajectory_methods(
+    folder: RunFolder, rejected: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
     """Count the methods every evolution of the run listed (its "methods" section), overall
     and per phase (mini-batch trajectories, dev evolutions, final evolutions); write
-    trajectory_methods.json."""
+    trajectory_methods.json. `rejected`: the rows of the rejects file."""
     rows, _ = read_jsonl_tolerant(folder.kept_path)
-    rejected, _ = read_jsonl_tolerant(folder.rejected_path)
     lists: dict[str, list[list[str]]] = {"trajectories": [], "dev": [], "final": []}
     evolvers: Counter[str] = Counter()
     for row in [*rows, *rejected]:

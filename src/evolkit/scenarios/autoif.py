@@ -29,7 +29,7 @@ from typing import Any
 
 from evolkit.config import Settings, opt
 from evolkit.errors import EvolkitError
-from evolkit.io.readers import BadRow, read_records, records_from_rows
+from evolkit.io.readers import BadRow
 from evolkit.io.writers import read_jsonl_tolerant, write_jsonl
 from evolkit.models.base import Backend, SamplingParams
 from evolkit.records import Record, make_id
@@ -37,7 +37,7 @@ from evolkit.resources import SandboxSpec
 from evolkit.runs import CONSTRAINTS, EVOLVED, STEPS, RunFolder
 from evolkit.sandbox import SandboxLimits
 from evolkit.scenarios.evol_instruct import ResponseSettings
-from evolkit.scenarios.runner import Runner, RunSettings, describe_input
+from evolkit.scenarios.runner import Runner, RunSettings, as_records, describe_input
 from evolkit.stages.augment import AugmentStage, ConstraintFilterStage, call_row, unique_seeds
 from evolkit.stages.back_translate import BackTranslateStage
 from evolkit.stages.base import Stage
@@ -248,11 +248,8 @@ def load_queries(
     out: list[tuple[str, str]] = []
     stats = {"read": 0, "out_of_range": 0, "duplicates": 0}
     for path in paths:
-        records = (
-            read_records(path, on_bad=on_bad, bad_sink=bad.append)  # type: ignore[arg-type]
-            if isinstance(path, str | Path)
-            else records_from_rows(path, on_bad=on_bad, bad_sink=bad.append)  # type: ignore[arg-type]
-        )
+        records, bad_here = as_records(path, on_bad)
+        bad += bad_here
         for rec in records:
             stats["read"] += 1
             text = rec.instruction.strip()
@@ -326,9 +323,11 @@ def autoif(
         run.folder.write_bad_rows(bad)
         _run_steps(run, cfg, seeds, queries)
         folder = run.folder
-        kept_constraints = write_constraints(folder.kept_records("backtranslate"), folder.dir)
-        evolved = write_jsonl(folder.kept_records("respond"), folder.path(EVOLVED))
-        summary = summarize(folder, cfg)
+        judged = folder.kept_records("backtranslate")
+        responses = folder.kept_records("respond")
+        kept_constraints = write_constraints(judged, folder.dir)
+        evolved = write_jsonl(responses, folder.path(EVOLVED))
+        summary = summarize(folder, cfg, responses)
         summary["seeds"] = {
             "read": len(seed_lines),
             "duplicates": len(seed_dups),
@@ -341,7 +340,6 @@ def autoif(
             "workers": cfg.sandbox_workers,
             "limits": cfg.limits().to_dict(),
         }
-        judged = folder.kept_records("backtranslate")
         judge_id = next(
             (
                 str(r.meta["backtranslation"]["judge"])
@@ -463,12 +461,11 @@ def step_counts(run: RunFolder, steps: Sequence[str] = STEP_NAMES) -> dict[str, 
     return counts
 
 
-def summarize(run: RunFolder, cfg: AutoIFConfig) -> dict[str, Any]:
-    """Counts per step and the funnel from seeds to verified responses."""
+def summarize(run: RunFolder, cfg: AutoIFConfig, responses: list[Record]) -> dict[str, Any]:
+    """Counts per step and the funnel from seeds to `responses` (the verified ones)."""
     steps = step_counts(run, cfg.step_names())
     verifiers = run.kept_records("verifiers")
     crossval = run.kept_records("crossval")
-    responses = run.kept_records("respond")
     rates = [r.scores.get("pass_rate", 0.0) for r in responses]
     steps["augment"]["calls"] = steps["augment"].pop("inputs")
     steps["verifiers"]["candidates_asked"] = steps["verifiers"]["inputs"] * (

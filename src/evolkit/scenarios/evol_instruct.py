@@ -255,6 +255,7 @@ def summarize(run: RunFolder, cfg: EvolConfig, n_seeds: int) -> dict[str, Any]:
     tries = Counter(_attempt(row) for row in kept + rejected)
     first_try_kept = sum(1 for row in kept if _attempt(row) == 1)
     judged = [v for row in kept for v in row["verdicts"] if v["rule"] == "no_information_gain"]
+    unparsed = sum(1 for v in judged if "unparsed" in v["detail"])
     return {
         "seeds": n_seeds,
         "rounds": rounds,
@@ -262,11 +263,8 @@ def summarize(run: RunFolder, cfg: EvolConfig, n_seeds: int) -> dict[str, Any]:
         "rejected": n_all - n_kept,
         "kept_rate": _rate(n_kept, n_all),
         "kept_rate_by_operation": {op: _op_stats(c) for op, c in sorted(totals_ops.items())},
-        "judge": {
-            "judged_kept": len(judged),
-            "unparsed_kept": sum(1 for v in judged if "unparsed" in v["detail"]),
-        },
-        "judge_unparsed_kept": sum(1 for v in judged if "unparsed" in v["detail"]),
+        "judge": {"judged_kept": len(judged), "unparsed_kept": unparsed},
+        "judge_unparsed_kept": unparsed,
         "evolution_attempts": {str(k): v for k, v in sorted(tries.items())},
         "kept_on_first_try": first_try_kept,
         "config": cfg.fingerprint_dict(),

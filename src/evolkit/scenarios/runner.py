@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -194,10 +194,10 @@ def describe_input(source: Any) -> Any:
     if isinstance(source, list | tuple) and all(isinstance(s, str | Path) for s in source):
         return [one(s) for s in source]
     # Bad rows are left out of the digest: with on_bad_record="skip" they must not stop the run.
-    return {"rows": "in memory", "digest": rows_fingerprint(_as_records(source, "skip")[0])}
+    return {"rows": "in memory", "digest": rows_fingerprint(as_records(source, "skip")[0])}
 
 
-def _as_records(source: Any, on_bad: str, limit: int | None = None) -> tuple[list[Record], list]:
+def as_records(source: Any, on_bad: str, limit: int | None = None) -> tuple[list[Record], list]:
     from evolkit.io.readers import read_records, records_from_rows
 
     bad: list[BadRow] = []
@@ -282,7 +282,7 @@ class Runner:
         `source` is a file or folder path, or rows in memory (dicts, a datasets.Dataset, a
         pandas DataFrame). An input with no rows at all is an error, not an empty success.
         """
-        records, bad = _as_records(source, self.settings.on_bad_record, self.settings.limit)
+        records, bad = as_records(source, self.settings.on_bad_record, self.settings.limit)
         self.folder.write_bad_rows(bad)
         self.bad_records += len(bad)
         if not records:
@@ -387,7 +387,3 @@ def make_engine(settings: RunSettings, spec: ResourceSpec) -> Engine:
         progress=settings.progress,
         concurrent_batches=settings.concurrent_batches,
     )
-
-
-def count_rows(rows: Iterable[Any]) -> int:
-    return sum(1 for _ in rows)

@@ -40,9 +40,10 @@ from evolkit.runs import (
     ARM_TRAIN_DIR,
     ARMS_DIR,
     BASE_EVAL_DIR,
-    REJECTED,
+    EVOLVED,
     SCORED,
     SCORING_DIR,
+    SELECTED,
     SUMMARY,
     RunFolder,
 )
@@ -155,7 +156,7 @@ def _label(path: Path) -> str:
     return _slug(path.parent.name if path.name in _RUN_FILES else path.stem)
 
 
-_RUN_FILES = ("evolved.jsonl", "selected.jsonl", "scored.jsonl")
+_RUN_FILES = (EVOLVED, SELECTED, SCORED)
 
 
 def _read_sources(runs: Sequence[str | Path]) -> list[Source]:
@@ -223,13 +224,10 @@ def _scored(source: Source, cfg: TrainEvalConfig, out: Path) -> list[Record]:
     log.info(
         "scoring %d rows of %s with %s (IC-IFD, IFD)", len(source.rows), source.label, cfg.base
     )
-    score(source.rows, folder, scorer=cfg.base, progress=cfg.progress)
-    kept = [r for r in read_records(folder / SCORED) if has(r)]
-    if (folder / REJECTED).is_file():
-        unscorable = sum(1 for _ in read_records(folder / REJECTED))
-        if unscorable:
-            log.info("%s: %d rows could not be scored and are left out", source.label, unscorable)
-    return kept
+    unscorable = score(source.rows, folder, scorer=cfg.base, progress=cfg.progress)["unscorable"]
+    if unscorable:
+        log.info("%s: %d rows could not be scored and are left out", source.label, unscorable)
+    return [r for r in read_records(folder / SCORED) if has(r)]
 
 
 def _pick(source: Source, selection: str, n: int, cfg: TrainEvalConfig, out: Path) -> list[Record]:
