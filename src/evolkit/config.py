@@ -10,6 +10,7 @@ choice list is written once, here or in the domain module it comes from.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -83,7 +84,13 @@ def default_of(f: dataclasses.Field[Any]) -> Any:
 
 
 def field_type(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
+    return _type_hints(cls)[name]
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    # Resolving a class's annotations is slow; the CLI asks once per option at start-up.
+    return typing.get_type_hints(cls)
 
 
 def base_type(tp: Any) -> tuple[Any, bool]:

@@ -21,6 +21,7 @@ train ...` runs one process per GPU (the main process alone writes the run folde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -379,9 +380,8 @@ def train(
             return done
         from evolkit.console import log_file
 
-        if folder is None:
-            return _train(cfg, rows, counts, base_path, inputs, out, state, callbacks, t_start)
-        with log_file(folder.log_path):
+        logged = log_file(folder.log_path) if folder is not None else contextlib.nullcontext()
+        with logged:
             return _train(cfg, rows, counts, base_path, inputs, out, state, callbacks, t_start)
     finally:
         if folder is not None:
@@ -444,7 +444,8 @@ def _fit(
     dtype, bf16 = _dtype(cfg.dtype)
     per_device, accumulation, devices = _batching(cfg, state.num_processes)
     checkpoints = out / CHECKPOINTS_DIR
-    resume = last_checkpoint(checkpoints) if state.is_main_process else None
+    if state.is_main_process:
+        last_checkpoint(checkpoints)  # removes torn checkpoints
     state.wait_for_everyone()  # torn checkpoints are gone before the others look
     resume = last_checkpoint(checkpoints)
     if resume is not None:

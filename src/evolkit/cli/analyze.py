@@ -7,12 +7,8 @@ from typing import Any
 
 from evolkit.cli.common import app
 from evolkit.cli.options import Arg, settings_command
-from evolkit.console import console
+from evolkit.console import say
 from evolkit.scenarios.analyze import AnalyzeConfig, CompareConfig
-
-
-def _say(line: str) -> None:
-    console.print(line, markup=False, highlight=False)
 
 
 def _headline(name: str, h: dict[str, Any]) -> str:
@@ -33,8 +29,8 @@ def _run_analyze(cfg: Any, args: dict[str, Any], out: Path) -> None:
     from evolkit.scenarios.analyze import analyze
 
     summary = analyze(args["run"], out, cfg)
-    _say(_headline(Path(summary["run"]).name, summary["figures"]["headline"]))
-    _say(f"measured rows: {summary['outputs']['measures']}")
+    say(_headline(Path(summary["run"]).name, summary["figures"]["headline"]))
+    say(f"measured rows: {summary['outputs']['measures']}")
 
 
 settings_command(
@@ -53,8 +49,8 @@ def _run_compare(cfg: Any, args: dict[str, Any], out: Path) -> None:
 
     summary = compare(args["runs"], out, cfg)
     for run in summary["runs"]:
-        _say(_headline(run["name"], run["headline"]))
-    _say(f"report: {summary['report']}")
+        say(_headline(run["name"], run["headline"]))
+    say(f"report: {summary['report']}")
 
 
 settings_command(

@@ -7,7 +7,7 @@ from typing import Any
 
 from evolkit.cli.common import app
 from evolkit.cli.options import Arg, settings_command
-from evolkit.console import console
+from evolkit.console import console, say
 from evolkit.scenarios.auto_evol import AutoEvolConfig
 
 
@@ -72,7 +72,7 @@ def print_auto_evol_summary(summary: dict[str, Any]) -> None:
         f"summary: {outs['summary']}",
     ]
     for line in lines:
-        console.print(line, markup=False, highlight=False)
+        say(line)
 
 
 def _pct(rate: float | None) -> str:

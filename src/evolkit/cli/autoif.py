@@ -7,7 +7,7 @@ from typing import Any
 
 from evolkit.cli.common import app
 from evolkit.cli.options import Arg, settings_command
-from evolkit.console import console
+from evolkit.console import console, say
 from evolkit.scenarios.autoif import AutoIFConfig
 from evolkit.scenarios.check_verifiers import CheckConfig
 
@@ -61,8 +61,8 @@ def _run_check(cfg: Any, args: dict[str, Any], out: Path) -> None:
         markup=False,
     )
     outs = summary["outputs"]
-    console.print(f"kept: {outs['constraints']}", markup=False, highlight=False)
-    console.print(f"rejected (with verdicts): {outs['rejected']}", markup=False, highlight=False)
+    say(f"kept: {outs['constraints']}")
+    say(f"rejected (with verdicts): {outs['rejected']}")
 
 
 settings_command(
@@ -108,4 +108,4 @@ def _print_autoif_summary(summary: dict[str, Any]) -> None:
         f"rejected rows (with step and reason): {outs['rejected']}",
         f"summary: {outs['summary']}",
     ):
-        console.print(line, markup=False, highlight=False)
+        say(line)

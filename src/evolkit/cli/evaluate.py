@@ -7,7 +7,7 @@ from typing import Any
 
 from evolkit.cli.common import app
 from evolkit.cli.options import Arg, settings_command
-from evolkit.console import console
+from evolkit.console import console, say
 from evolkit.evaluate import EvalConfig
 
 
@@ -38,7 +38,7 @@ def _run(cfg: Any, args: dict[str, Any], out: Path) -> None:
         highlight=False,
     )
     print_figures(s)
-    console.print(f"summary: {s['outputs']['summary']}", markup=False, highlight=False)
+    say(f"summary: {s['outputs']['summary']}")
 
 
 settings_command(

@@ -7,7 +7,7 @@ from typing import Any
 
 from evolkit.cli.common import app
 from evolkit.cli.options import Arg, settings_command
-from evolkit.console import console
+from evolkit.console import console, say
 from evolkit.scenarios.evol_instruct import EvolConfig
 
 
@@ -40,8 +40,6 @@ def print_evol_summary(summary: dict[str, Any]) -> None:
         table.add_row(str(r), str(s["evolved"]), str(s["kept"]), rate, reasons)
     console.print(table)
     outs = summary["outputs"]
-    console.print(f"kept rows: {outs['evolved']}", markup=False, highlight=False)
-    console.print(
-        f"rejected rows (with reasons): {outs['rejected']}", markup=False, highlight=False
-    )
-    console.print(f"summary: {outs['summary']}", markup=False, highlight=False)
+    say(f"kept rows: {outs['evolved']}")
+    say(f"rejected rows (with reasons): {outs['rejected']}")
+    say(f"summary: {outs['summary']}")

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from evolkit.cli.common import app
-from evolkit.console import console
+from evolkit.console import say
 from evolkit.errors import EvolkitError
 from evolkit.io.exports import PREFERENCE_FORMATS, RECORD_FORMATS, TRAINING_FORMATS
 from evolkit.runs import CONFIG, EVOLVED, KEPT_FILES, REJECTED, SCORED, SELECTED
@@ -18,10 +18,6 @@ from evolkit.runs import CONFIG, EVOLVED, KEPT_FILES, REJECTED, SCORED, SELECTED
 ExportFormat = Enum(  # type: ignore[misc]
     "ExportFormat", {f: f for f in (*TRAINING_FORMATS, *RECORD_FORMATS)}, type=str
 )
-
-
-def _say(text: str) -> None:
-    console.print(text, markup=False, highlight=False)
 
 
 @app.command()
@@ -78,7 +74,7 @@ def export(
         writer: Any = {"jsonl": write_jsonl, "parquet": write_parquet, "hf": write_hf_dataset}
         n = writer[fmt](records, out)
         result = ExportResult(paths=[out], written=n, format=fmt)
-        _say(f"wrote {out} ({n} records)")
+        say(f"wrote {out} ({n} records)")
     else:
         rejected = []
         if fmt in PREFERENCE_FORMATS:
@@ -86,9 +82,9 @@ def export(
             rejected = list(read_records(rej)) if rej.exists() else []
         result = export_dataset(records, out, fmt, dataset_name=name, rejected=rejected)  # type: ignore[arg-type]
         for p in result.paths:
-            _say(f"wrote {p}")
+            say(f"wrote {p}")
         if fmt in PREFERENCE_FORMATS:
-            _say(
+            say(
                 f"{result.written} {fmt} rows from {result.desirable} accepted and "
                 f"{result.undesirable} failed responses"
                 + (
@@ -101,9 +97,9 @@ def export(
     if hub_card or push_to_hub:
         card = write_card(result, run_folder=folder, license=license, name=name)
         paths.append(card)
-        _say(f"wrote {card}")
+        say(f"wrote {card}")
     if push_to_hub:
-        _say(f"pushed to {upload(push_to_hub, paths, private=private)}")
+        say(f"pushed to {upload(push_to_hub, paths, private=private)}")
 
 
 def _source(run: Path) -> tuple[Path, Path | None]:

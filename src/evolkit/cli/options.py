@@ -91,7 +91,7 @@ def _option_param(cls: type, f: Any, o: Opt) -> tuple[Any, Any]:
     return Annotated[(tp | None) if optional else tp, info], default
 
 
-def _value(raw: Any, tp: Any, o: Opt) -> Any:
+def _value(raw: Any, o: Opt) -> Any:
     if isinstance(raw, Enum):
         return raw.value
     if isinstance(raw, list):
@@ -241,8 +241,7 @@ def settings_command(
             raw = kw[f.name]
             if raw is None and (o.csv or o.multiple):
                 continue  # not given: the config class's default
-            tp, _ = base_type(field_type(config_cls, f.name))
-            settings[f.name] = _value(raw, tp, o)
+            settings[f.name] = _value(raw, o)
         for pname, fname in none_flags.items():
             if kw.pop(pname, False):
                 settings[fname] = None

@@ -7,7 +7,7 @@ from typing import Any
 
 from evolkit.cli.common import app
 from evolkit.cli.options import Arg, settings_command
-from evolkit.console import console
+from evolkit.console import console, say
 from evolkit.scenarios.score import ScoreConfig, SelectConfig
 
 
@@ -23,7 +23,7 @@ def _run_score(cfg: Any, args: dict[str, Any], out: Path) -> None:
         markup=False,
         highlight=False,
     )
-    console.print(f"scored rows: {summary['outputs']['scored']}", markup=False, highlight=False)
+    say(f"scored rows: {summary['outputs']['scored']}")
 
 
 settings_command(
@@ -46,8 +46,8 @@ def _run_select(cfg: Any, args: dict[str, Any], out: Path) -> None:
         highlight=False,
     )
     for rule, n in summary["removed_by_rule"].items():
-        console.print(f"  removed by {rule}: {n}", markup=False, highlight=False)
-    console.print(f"selected rows: {summary['outputs']['selected']}", markup=False, highlight=False)
+        say(f"  removed by {rule}: {n}")
+    say(f"selected rows: {summary['outputs']['selected']}")
 
 
 settings_command(

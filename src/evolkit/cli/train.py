@@ -8,24 +8,20 @@ from typing import Any
 
 from evolkit.cli.common import app
 from evolkit.cli.options import Arg, settings_command
-from evolkit.console import console
+from evolkit.console import say
 from evolkit.scenarios.train_eval import TrainEvalConfig
 from evolkit.train import TrainConfig
-
-
-def _say(text: str) -> None:
-    console.print(text, markup=False, highlight=False)
 
 
 def _run_train(cfg: Any, args: dict[str, Any], out: Path) -> None:
     from evolkit.train import train
 
     s = train(args["data"], out, cfg)
-    _say(
+    say(
         f"trained {s['method']} on {s['rows']} rows: {s['steps']} steps, loss "
         f"{s['first_loss']} -> {s['last_loss']}, {s['seconds']['train']} s"
     )
-    _say(f"model: {s['outputs']['model']}  (evaluate it: evolkit eval {out} -o EVAL)")
+    say(f"model: {s['outputs']['model']}  (evaluate it: evolkit eval {out} -o EVAL)")
 
 
 settings_command(
@@ -46,7 +42,7 @@ def _run_train_eval(cfg: Any, args: dict[str, Any], out: Path) -> None:
     result = train_eval([str(r) for r in args["runs"]], out, cfg)
     te = result["train_eval"]
     conf = f"{round(100 * te['confidence'])}%"
-    _say(f"IFEval, prompt-level strict, {conf} bootstrap intervals over prompts:")
+    say(f"IFEval, prompt-level strict, {conf} bootstrap intervals over prompts:")
     key = "prompt_level_strict_acc"
     for m in te["models"]:
         iv = m["intervals"][key]
@@ -57,9 +53,9 @@ def _run_train_eval(cfg: Any, args: dict[str, Any], out: Path) -> None:
                 f"   vs base {diff['value']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
                 f" {verdict(diff)}"
             )
-        _say(line)
-    _say(f"all four figures ({', '.join(FIGURE_LABELS.values())}) in the report:")
-    _say(f"report: {result['report']}")
+        say(line)
+    say(f"all four figures ({', '.join(FIGURE_LABELS.values())}) in the report:")
+    say(f"report: {result['report']}")
 
 
 settings_command(

@@ -14,6 +14,7 @@ always get the same scores, whatever the order or the subset scored.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -118,8 +119,10 @@ def checker_version() -> str:
         return "missing"
 
 
+@functools.cache
 def _checkers() -> Any:
-    """lm-eval's IFEval module, imported only once nltk can find punkt_tab without a download."""
+    """lm-eval's IFEval module, imported only once nltk can find punkt_tab without a download.
+    Set up once per process: every scored response asks for it."""
     from evolkit.evaluate.punkt_data import ensure_punkt_tab
 
     ensure_punkt_tab()

@@ -18,18 +18,14 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from evolkit.errors import EvolkitError
+from evolkit.evaluate.ifeval import METRICS
 
 if TYPE_CHECKING:
     from evolkit.evaluate.ifeval import PromptResult
 
 
 #: The four standard figures, in lm-eval's order and names.
-FIGURES = (
-    "prompt_level_strict_acc",
-    "inst_level_strict_acc",
-    "prompt_level_loose_acc",
-    "inst_level_loose_acc",
-)
+FIGURES = METRICS
 
 
 @dataclass(frozen=True)
